@@ -1,0 +1,1 @@
+"""Cluster glue: launcher configs, KubeRay manifests, the local multi-node launcher."""

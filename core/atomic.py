@@ -1,0 +1,69 @@
+"""Atomic writes of user artefacts: write to a temporary sibling, then rename.
+
+An interrupted run therefore never leaves a half-written bundle or checkpoint: either
+the old content (or nothing) is there, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from core.errors import InputError
+
+
+def check_output_path(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output path unless ``overwrite``; returns it as a Path."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(
+            "already exists", file=out, expected="a new path (or pass --overwrite)"
+        )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``out`` when the block succeeds.
+
+    On an exception the temporary directory is removed and ``out`` is untouched.
+    """
+    out = check_output_path(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` when the block succeeds.
+
+    The caller writes the temporary path (by any library); ``mode`` is unused and kept
+    only for readability at call sites.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Declarative hyperparameter search spaces (stdlib only)."""

@@ -1,0 +1,133 @@
+"""Terminal output shared by all commands: JSON on stdout, tables and progress via rich.
+
+Human-readable output (tables, progress bars, notes) goes to stderr when ``--json`` is
+given, so that stdout holds exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, Paths and tuples to plain JSON types.
+
+    Non-finite floats become ``None`` so the output is strict JSON.
+    """
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if hasattr(obj, "tolist") and type(obj).__module__.startswith("torch"):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    stderr: bool = False,
+) -> None:
+    """Print a rich table; floats are shown with 4 decimals."""
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[fmt(v) for v in row])
+    console(stderr).print(table)
+
+
+def progress(stderr: bool = True):
+    """A rich progress bar (with elapsed/remaining time) writing to stderr by default."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console(stderr),
+        transient=False,
+    )
+
+
+# Columns of the train/evaluate tables, in order; a metric missing from a row shows "-".
+HEADLINE_METRICS = (
+    "augrc", "aurc", "worst_group_error", "balanced_error", "coverage",
+    "risk_at_coverage", "accuracy", "ece", "nll",
+)
+
+
+def print_train_result(result: dict[str, Any], as_json: bool) -> None:
+    """Print a ``train --json``-shaped result: the model beside every baseline.
+
+    ``result`` = ``{"val": {METRIC: v}, "test": {...}, "baselines": {"val": {NAME:
+    {METRIC: v}}, "test": {...}}, "config": {...}, "checkpoint": PATH}``.
+    """
+    if as_json:
+        print_json(result)
+        return
+    for split in ("val", "test"):
+        if split not in result:
+            continue
+        rows_src = {"model": result[split], **result.get("baselines", {}).get(split, {})}
+        present = [m for m in HEADLINE_METRICS if any(m in r for r in rows_src.values())]
+        rows = [[name, *[r.get(m) for m in present]] for name, r in rows_src.items()]
+        print_table(f"{split}: trained model vs baselines", ["", *present], rows)
+    if result.get("checkpoint"):
+        console().print(f"checkpoint: {result['checkpoint']}")
+
+
+def print_metrics(split: str, metrics: dict[str, Any], as_json: bool) -> None:
+    """Print an ``evaluate --json``-shaped result: ``{"split": NAME, "metrics": {...}}``."""
+    if as_json:
+        print_json({"split": split, "metrics": metrics})
+        return
+    scalars = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) or v is None]
+    print_table(f"metrics on {split}", ["metric", "value"], scalars)

@@ -1,0 +1,50 @@
+"""Metrics: one implementation, used by training, baselines, export and evaluate.
+
+ALGORITHMS.md §4. Inputs are numpy arrays (lists and torch tensors are converted);
+outputs are python floats or numpy arrays. Bad input raises
+:class:`core.errors.InputError` (a ``ValueError``) naming the argument and the value.
+
+- :mod:`.risk_coverage`: risk-coverage curve, AUGRC (a fraction; fd-shifts prints it
+  x1000), AURC, risk@coverage, coverage@risk.
+- :mod:`.groups`: per-group coverage and selective error, balanced and worst-group
+  error, their curves over rejection rates and the areas over [0, 0.8].
+- :mod:`.calibration`: ECE, classwise-ECE, NLL, Brier, accuracy.
+- :mod:`.names`: every metric name with its direction (``min``/``max``).
+"""
+
+from core.metrics.calibration import accuracy, brier, classwise_ece, ece, nll
+from core.metrics.groups import (
+    DEFAULT_REJECTION_RATES,
+    area_under_group_curves,
+    group_error_curves,
+    group_selective_report,
+)
+from core.metrics.names import METRIC_DIRECTIONS, metric_direction
+from core.metrics.risk_coverage import (
+    RiskCoverageCurve,
+    augrc,
+    aurc,
+    coverage_at_risk,
+    risk_at_coverage,
+    risk_coverage_curve,
+)
+
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "metric_direction",
+    "RiskCoverageCurve",
+    "risk_coverage_curve",
+    "augrc",
+    "aurc",
+    "risk_at_coverage",
+    "coverage_at_risk",
+    "group_selective_report",
+    "group_error_curves",
+    "area_under_group_curves",
+    "DEFAULT_REJECTION_RATES",
+    "ece",
+    "classwise_ece",
+    "nll",
+    "brier",
+    "accuracy",
+]

@@ -1,0 +1,182 @@
+"""Stage-1 artefacts on disk, and metrics recomputed from them.
+
+An artefacts directory (written atomically: a temporary sibling renamed into place)::
+
+    stage1_head.pth          {"format", "state_dict", "feature_dim", "num_classes",
+                              "hidden_dim", "class_weights" ([C] or None), "num_groups"}
+    calibrator_<kind>.pth    the class calibrator {"kind", "num_classes", "params"}
+    gate_calibrator.json     {"kind", "params", "threshold", "softmax_threshold",
+                              "target_coverage", "class_calibrator"}
+                             (floats round-trip exactly through JSON)
+    config.json              the full Stage1Config
+    metrics.json             the metrics reported at the end of training (for reading
+                             only; :func:`evaluate_checkpoint` recomputes them)
+
+Everything is read back with ``torch.load(weights_only=True)`` or JSON: no pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from core.atomic import atomic_dir
+from core.config import config_from_dict, config_to_dict
+from core.device import resolve_device
+from core.errors import InputError
+from core.stage1.calibration import ClassCalibrator
+from core.stage1.config import Stage1Config
+from core.stage1.data import prepare_data
+from core.stage1.evaluation import Stage1Calibration, evaluate_model
+from core.stage1.gate_calibration import GateCalibrator
+from core.stage1.head import Stage1Head
+
+if TYPE_CHECKING:
+    from core.stage1.train import Stage1Result
+
+HEAD_FILE = "stage1_head.pth"
+GATE_FILE = "gate_calibrator.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+ARTIFACT_FORMAT = 1
+
+
+def calibrator_file(kind: str) -> str:
+    return f"calibrator_{kind}.pth"
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (non-finite floats -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclasses.dataclass
+class Stage1Artifacts:
+    """A loaded artefacts directory."""
+
+    path: Path
+    config: Stage1Config
+    model: Stage1Head
+    calibration: Stage1Calibration
+    class_weights: np.ndarray | None
+    num_groups: int | None
+
+
+def save_artifacts(result: Stage1Result, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``result``'s model, calibrators, threshold and config to ``out`` atomically."""
+    cal = result.calibration
+    model = result.model
+    head = {
+        "format": ARTIFACT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "feature_dim": model.in_dim,
+        "num_classes": model.num_classes,
+        "hidden_dim": model.hidden_dim,
+        "class_weights": None if result.class_weights is None
+        else torch.as_tensor(result.class_weights, dtype=torch.float32),
+        "num_groups": result.num_groups,
+    }
+    gate = {
+        **cal.gate_calibrator.to_json(),
+        "threshold": cal.threshold,
+        "softmax_threshold": cal.softmax_threshold,
+        "target_coverage": cal.target_coverage,
+        "class_calibrator": cal.class_calibrator.kind,
+    }
+    out = Path(out)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        torch.save(head, tmp / HEAD_FILE)
+        torch.save(cal.class_calibrator.state_dict(), tmp / calibrator_file(cal.class_calibrator.kind))
+        (tmp / GATE_FILE).write_text(json.dumps(gate, indent=2))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(result.config), indent=2))
+        metrics = {"val": result.val, "test": result.test, "baselines": result.baselines,
+                   "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+        (tmp / METRICS_FILE).write_text(json.dumps(_plain(metrics), indent=2))
+    return out
+
+
+def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stage1Artifacts:
+    """Load an artefacts directory (or its ``stage1_head.pth``) onto ``device``."""
+    path = Path(path)
+    if path.is_file() and path.name == HEAD_FILE:
+        path = path.parent
+    for name in (HEAD_FILE, GATE_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise InputError("missing file of a Stage-1 checkpoint", file=path / name,
+                             expected=f"a directory written by `seltune train stage1` "
+                             f"({HEAD_FILE}, calibrator_<kind>.pth, {GATE_FILE}, {CONFIG_FILE})")
+    try:
+        config = config_from_dict(Stage1Config, json.loads((path / CONFIG_FILE).read_text()),
+                                  source=str(path / CONFIG_FILE))
+        gate = json.loads((path / GATE_FILE).read_text())
+        head = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read Stage-1 checkpoint: {exc}".splitlines()[0],
+                         file=path) from None
+    kind = gate.get("class_calibrator", config.calibrator)
+    cal_path = path / calibrator_file(kind)
+    if not cal_path.is_file():
+        raise InputError("missing class calibrator", file=cal_path,
+                         expected=f"{calibrator_file(kind)} beside {HEAD_FILE}")
+    class_cal = ClassCalibrator.from_state_dict(
+        torch.load(cal_path, map_location="cpu", weights_only=True))
+    model = Stage1Head(int(head["feature_dim"]), int(head["num_classes"]),
+                       int(head["hidden_dim"]), config.dropout)
+    model.load_state_dict(head["state_dict"])
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model.to(dev).eval()
+    calibration = Stage1Calibration(
+        class_calibrator=class_cal, gate_calibrator=GateCalibrator.from_json(gate),
+        threshold=float(gate["threshold"]), softmax_threshold=float(gate["softmax_threshold"]),
+        target_coverage=float(gate["target_coverage"]))
+    cw = head.get("class_weights")
+    return Stage1Artifacts(path=path, config=config, model=model, calibration=calibration,
+                           class_weights=None if cw is None else np.asarray(cw),
+                           num_groups=head.get("num_groups"))
+
+
+def evaluate_checkpoint(path: str | Path, bundle: Any, split: str = "test",
+                        device: str = "cpu") -> dict[str, Any]:
+    """Recompute the metrics of a saved Stage-1 model on ``bundle``'s ``split``.
+
+    ``split`` is ``train``, ``val`` (= ``val_select``, as reported by training),
+    ``val_select``, ``val_calib`` or ``test``; ``val`` is re-split with the saved
+    config's seed and ``calib_fraction``, so the numbers equal what training reported.
+
+    Returns:
+        ``{"metrics": {...}, "baselines": {"softmax_confidence": {...}}}``.
+    """
+    from core.stage1.train import build_loss
+
+    dev = resolve_device(device)
+    art = load_artifacts(path, dev)
+    data = prepare_data(bundle, art.config.calib_fraction, art.config.seed)
+    if data.feature_dim != art.model.in_dim:
+        raise InputError(file=getattr(bundle, "path", None) or "bundle", field="feature_dim",
+                         value=data.feature_dim,
+                         expected=f"{art.model.in_dim} (the checkpoint's feature width)")
+    if data.num_classes != art.model.num_classes:
+        raise InputError(file=getattr(bundle, "path", None) or "bundle", field="num_classes",
+                         value=data.num_classes,
+                         expected=f"{art.model.num_classes} (the checkpoint's classes)")
+    s = data.split(split)
+    loss_fn = build_loss(art.config, art.class_weights, dev)
+    metrics, baselines = evaluate_model(art.model, art.calibration, s.features, s.labels,
+                                        s.group, data.num_groups, loss_fn=loss_fn, device=dev)
+    return {"metrics": metrics, "baselines": baselines}

@@ -68,8 +68,8 @@ def metric_direction(name: str) -> str:
         InputError (a ValueError): the name resolves to no known metric; the message
             names it and lists the known ones.
     """
-    if not isinstance(name, str) or not name:
-        raise InputError(field="metric", value=name, expected="a non-empty metric name")
+    if not isinstance(name, str):
+        raise InputError(field="metric", value=name, expected="a metric name (str)")
     bare = name.rsplit("/", 1)[-1].split("@", 1)[0]
     found = _direction_of_bare(bare)
     if found is not None:

@@ -262,7 +262,8 @@ class Categorical(_Param):
     def check(self, source: str = "<space>") -> None:
         """Raise :class:`SpaceError` unless the declaration is well formed."""
         if not isinstance(self.choices, tuple) or not self.choices:
-            self._fail(source, "choices", self.choices, "a non-empty list of values",
+            shown = list(self.choices) if isinstance(self.choices, tuple) else self.choices
+            self._fail(source, "choices", shown, "a non-empty list of values",
                        problem="no choices" if isinstance(self.choices, tuple) else None)
         seen: list[Any] = []
         for choice in self.choices:

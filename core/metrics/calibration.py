@@ -18,7 +18,7 @@ from core.errors import InputError
 from core.metrics.groups import _int_vector
 from core.metrics.risk_coverage import _same_length, _to_numpy
 
-__all__ = ["ece", "classwise_ece", "nll", "brier", "accuracy"]
+__all__ = ["accuracy", "brier", "classwise_ece", "ece", "nll"]
 
 _ROW_SUM_TOL = 1e-3
 _ENTRY_TOL = 1e-6

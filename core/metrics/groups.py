@@ -29,10 +29,10 @@ from core.errors import InputError
 from core.metrics.risk_coverage import _confidences, _no_nan, _same_length, _vector
 
 __all__ = [
-    "group_selective_report",
-    "group_error_curves",
-    "area_under_group_curves",
     "DEFAULT_REJECTION_RATES",
+    "area_under_group_curves",
+    "group_error_curves",
+    "group_selective_report",
 ]
 
 # Rejection rates 0, 0.01, ..., 0.8: the range plotted by Narasimhan et al.

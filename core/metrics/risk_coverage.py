@@ -32,11 +32,11 @@ from core.errors import InputError
 
 __all__ = [
     "RiskCoverageCurve",
-    "risk_coverage_curve",
     "augrc",
     "aurc",
-    "risk_at_coverage",
     "coverage_at_risk",
+    "risk_at_coverage",
+    "risk_coverage_curve",
 ]
 
 # Slack for comparing a requested coverage/risk with values computed as k/N or S/k, so

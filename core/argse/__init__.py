@@ -1,0 +1,54 @@
+"""AR-GSE gating: features, gating net, temperature scaling, pretrain and selective
+training, baselines, checkpoints and predictor (ALGORITHMS.md §2, §5).
+
+No Ray here: the training functions take a ``report(metrics, checkpoint_dir)``
+callback and run the same under Tune, in a test or from ``seltune train``.
+"""
+
+from core.argse.checkpoint import (
+    LOGS_FILE,
+    PRETRAIN_FILE,
+    SELECTIVE_FILE,
+    load_checkpoint,
+)
+from core.argse.config import DEFAULT_BATCH_SIZE, PretrainConfig, SelectiveConfig
+from core.argse.evaluation import selective_metrics
+from core.argse.features import GatingFeatureBuilder, gating_feature_dim
+from core.argse.gating import GatingNet, mixture_posterior
+from core.argse.predictor import (
+    ArgsePredictor,
+    check_bundle_matches,
+    evaluate_checkpoint,
+    load_predictor,
+    model_metrics,
+)
+from core.argse.pretrain import train_pretrain
+from core.argse.selective import train_selective
+from core.argse.temperature import apply_temperatures, fit_temperature, fit_temperatures
+from core.argse.training import ArgseResult
+
+__all__ = [
+    "PretrainConfig",
+    "SelectiveConfig",
+    "DEFAULT_BATCH_SIZE",
+    "GatingFeatureBuilder",
+    "gating_feature_dim",
+    "GatingNet",
+    "mixture_posterior",
+    "fit_temperature",
+    "fit_temperatures",
+    "apply_temperatures",
+    "train_pretrain",
+    "train_selective",
+    "ArgseResult",
+    "ArgsePredictor",
+    "load_predictor",
+    "load_checkpoint",
+    "evaluate_checkpoint",
+    "model_metrics",
+    "check_bundle_matches",
+    "selective_metrics",
+    "PRETRAIN_FILE",
+    "SELECTIVE_FILE",
+    "LOGS_FILE",
+]

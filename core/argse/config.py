@@ -1,0 +1,206 @@
+"""Config dataclasses of the two AR-GSE gating modes (ALGORITHMS.md §2).
+
+Defaults are the seed's (``argse-gating-training.md``) except ``batch_size``: the seed's
+2 is a default to beat; 256 gives the same quality far faster (see
+``benchmarks/argse_vs_seed.py``). Field names are a contract shared with
+``search_spaces/`` and the Tune trainables: add fields, never rename them.
+
+Range checks run in ``__post_init__`` and raise :class:`core.errors.InputError`
+(via :func:`core.config.check_range`), so a bad ``--set`` or search-space value fails
+with one line naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from core.config import check_range
+from core.errors import InputError
+
+#: Default mini-batch size of both modes. The seed used 2 (per-sample steps).
+DEFAULT_BATCH_SIZE = 256
+
+
+def _check_common(cfg) -> None:
+    check_range("batch_size", cfg.batch_size, low=1)
+    check_range("lr", cfg.lr, low=0.0, low_open=True)
+    check_range("weight_decay", cfg.weight_decay, low=0.0)
+    check_range("grad_clip", cfg.grad_clip, low=0.0)
+    check_range("dropout", cfg.dropout, low=0.0, high=1.0, high_open=True)
+    check_range("top_k", cfg.top_k, low=1)
+    if len(cfg.hidden_dims) == 0 or any(int(h) < 1 for h in cfg.hidden_dims):
+        raise InputError(field="hidden_dims", value=list(cfg.hidden_dims),
+                         expected="a non-empty list of positive integers")
+
+
+@dataclass
+class PretrainConfig:
+    """Pretrain mode: mixture cross-entropy with sample weights (seed ``gating_params``).
+
+    Loss ``mean_i s_i (-log eta_{y_i}) - entropy_penalty * H(w) +
+    diversity_penalty * KL(mean w || uniform)``; ``s`` from class frequency
+    ``(n_y + 1)^-freq_smoothing`` normalised to mean 1 per batch
+    (``use_freq_weighting``) or head 1 / non-head ``tail_weight``.
+
+    ``target_coverage`` (not in the seed) is only used for the reported selective
+    metrics of the pretrained mixture: accept iff max-prob margin exceeds the
+    ``1 - target_coverage`` quantile on ``tunev`` (1.0 = accept all).
+    """
+
+    epochs: int = 25
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = 8e-4
+    weight_decay: float = 2e-4
+    grad_clip: float = 0.5
+    hidden_dims: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    top_k: int = 5
+    balanced_training: bool = True
+    use_freq_weighting: bool = True
+    freq_smoothing: float = 0.5
+    tail_weight: float = 1.0
+    entropy_penalty: float = 0.0
+    diversity_penalty: float = 0.002
+    fit_temperature: bool = True
+    target_coverage: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        self.validate()
+
+    def validate(self) -> None:
+        check_range("epochs", self.epochs, low=1)
+        _check_common(self)
+        check_range("freq_smoothing", self.freq_smoothing, low=0.0)
+        check_range("tail_weight", self.tail_weight, low=0.0, low_open=True)
+        check_range("entropy_penalty", self.entropy_penalty, low=0.0)
+        check_range("diversity_penalty", self.diversity_penalty, low=0.0)
+        check_range("target_coverage", self.target_coverage, low=0.0, high=1.0, low_open=True)
+
+
+@dataclass
+class SelectiveConfig:
+    """Selective mode: Stage A, then ``cycles`` x (B1, B2, B3) (seed ``selective`` config).
+
+    Coverage targets: ``target_coverage`` (one global target; when set it overrides the
+    per-group ones) or per-group ``tau_head``/``tau_tail`` (K = 2) or ``tau_groups``
+    (any K). With K > 2 and no ``tau_groups``, targets interpolate linearly from
+    ``tau_head`` (group 0) to ``tau_tail`` (group K-1).
+
+    Choices not fixed by the seed (documented here):
+
+    - ``lambda_H = 0.01``: weight of ``+H(w)`` in B1 (the seed's sign: a mild push
+      towards decisive gating). ``lambda_GA = 0.05``: weight of ``KL(w || pi_g)``
+      towards the group priors; both small so that L_sel and the coverage terms lead.
+    - ``beta_tail`` weighs every non-head group (g >= 1) in L_sel.
+    - ``alpha_update="paper"``: ``alpha_k = K * P(accept, y in G_k)`` iterated
+      ``alpha_steps`` times (power iteration), then normalised to geometric mean 1 and
+      clamped like the seed variant, so both variants live on the same scale.
+    - ``calibrate_thresholds``: after Stage A and every cycle, the thresholds used for
+      evaluation are re-fit on all of ``tunev`` with the evaluation rule (group of the
+      *predicted* class): a global target shifts all ``t_k`` by one constant so the
+      realised coverage is the target; per-group targets set each ``t_k`` to the
+      ``1 - tau_k`` quantile of its predicted group. The learnable ``t`` that B1
+      trains (true-label groups, as in the seed) is kept separately for training.
+    - ``mu_eg_steps``/``mu_eg_step_size``: the exponentiated-gradient search of mu for
+      K > 2 (Algorithm 2 of Narasimhan et al., ICLR 2024).
+    """
+
+    stageA_epochs: int = 5
+    cycles: int = 6
+    b1_epochs: int = 3
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = 8e-4
+    weight_decay: float = 2e-4
+    grad_clip: float = 0.5
+    hidden_dims: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    top_k: int = 5
+    kappa: float = 25.0
+    target_coverage: float | None = None
+    tau_head: float = 0.56
+    tau_tail: float = 0.44
+    tau_groups: tuple[float, ...] | None = None
+    lambda_q: float = 1.0
+    lambda_cov: float = 20.0
+    lambda_H: float = 0.01
+    lambda_GA: float = 0.05
+    beta_tail: float = 2.0
+    gamma: float = 0.2
+    alpha_min: float = 0.85
+    alpha_max: float = 1.15
+    alpha_update: Literal["seed", "paper"] = "seed"
+    alpha_steps: int = 2
+    mu_objective: Literal["worst", "balanced"] = "worst"
+    mu_ema: float = 0.5
+    mu_grid_points: int = 41
+    mu_grid_range: float = 2.0
+    mu_eg_steps: int = 10
+    mu_eg_step_size: float = 1.0
+    margin: Literal["seed", "plugin"] = "seed"
+    group_priors: Literal["experts", "uniform"] = "experts"
+    s1_fraction: float = 0.5
+    fit_temperature: bool = True
+    calibrate_thresholds: bool = True
+    pretrain_checkpoint: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        if self.tau_groups is not None:
+            self.tau_groups = tuple(float(x) for x in self.tau_groups)
+        self.validate()
+
+    def validate(self) -> None:
+        check_range("stageA_epochs", self.stageA_epochs, low=0)
+        check_range("cycles", self.cycles, low=0)
+        check_range("b1_epochs", self.b1_epochs, low=0)
+        _check_common(self)
+        check_range("kappa", self.kappa, low=0.0, low_open=True)
+        if self.target_coverage is not None:
+            check_range("target_coverage", self.target_coverage, low=0.0, high=1.0,
+                        low_open=True)
+        check_range("tau_head", self.tau_head, low=0.0, high=1.0, low_open=True)
+        check_range("tau_tail", self.tau_tail, low=0.0, high=1.0, low_open=True)
+        if self.tau_groups is not None:
+            if len(self.tau_groups) < 2:
+                raise InputError(field="tau_groups", value=list(self.tau_groups),
+                                 expected="one coverage per group (K >= 2)")
+            for i, tau in enumerate(self.tau_groups):
+                check_range(f"tau_groups[{i}]", tau, low=0.0, high=1.0, low_open=True)
+        for name in ("lambda_q", "lambda_cov", "lambda_H", "lambda_GA"):
+            check_range(name, getattr(self, name), low=0.0)
+        check_range("beta_tail", self.beta_tail, low=0.0, low_open=True)
+        check_range("gamma", self.gamma, low=0.0, high=1.0)
+        check_range("alpha_min", self.alpha_min, low=0.0, low_open=True)
+        check_range("alpha_max", self.alpha_max, low=0.0, low_open=True)
+        if self.alpha_min > self.alpha_max:
+            raise InputError(field="alpha_min", value=self.alpha_min,
+                             expected=f"alpha_min <= alpha_max ({self.alpha_max})")
+        if not (self.alpha_min <= 1.0 <= self.alpha_max):
+            raise InputError(field="alpha_min", value=(self.alpha_min, self.alpha_max),
+                             expected="alpha_min <= 1 <= alpha_max (alpha starts at 1)")
+        check_range("alpha_steps", self.alpha_steps, low=1)
+        check_range("mu_ema", self.mu_ema, low=0.0, high=1.0)
+        check_range("mu_grid_points", self.mu_grid_points, low=2)
+        check_range("mu_grid_range", self.mu_grid_range, low=0.0, low_open=True)
+        check_range("mu_eg_steps", self.mu_eg_steps, low=1)
+        check_range("mu_eg_step_size", self.mu_eg_step_size, low=0.0, low_open=True)
+        check_range("s1_fraction", self.s1_fraction, low=0.0, high=1.0,
+                    low_open=True, high_open=True)
+
+    def group_targets(self, num_groups: int) -> tuple[float, ...]:
+        """Target coverage per group ``[K]`` (see the class docstring)."""
+        if self.target_coverage is not None:
+            return (float(self.target_coverage),) * num_groups
+        if self.tau_groups is not None:
+            if len(self.tau_groups) != num_groups:
+                raise InputError(field="tau_groups", value=list(self.tau_groups),
+                                 expected=f"{num_groups} values (one per group)")
+            return tuple(self.tau_groups)
+        if num_groups == 1:
+            return (float(self.tau_head),)
+        step = (self.tau_tail - self.tau_head) / (num_groups - 1)
+        return tuple(float(self.tau_head + k * step) for k in range(num_groups))

@@ -1,0 +1,168 @@
+"""A trained AR-GSE gate as a predictor: expert logits in, (class, accept, margin) out.
+
+:func:`load_predictor` reads a checkpoint written by :mod:`core.argse.pretrain` or
+:mod:`core.argse.selective`; :func:`model_metrics` is the one "metrics of a trained
+model on a split" function used by training reports, ``seltune train``,
+``seltune evaluate`` and export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.argse.checkpoint import load_checkpoint
+from core.argse.data import split_tensors
+from core.argse.evaluation import selective_metrics
+from core.argse.features import GatingFeatureBuilder, gating_feature_dim
+from core.argse.gating import GatingNet, gate_all
+from core.argse.margins import margin_and_prediction
+from core.argse.temperature import apply_temperatures
+from core.device import resolve_device
+from core.errors import InputError
+
+
+@dataclass
+class ArgsePredictor:
+    """Gating net + temperatures + selective rule ``(alpha, mu, t, margin variant)``.
+
+    Shapes: E experts, C classes, K groups; ``alpha``, ``mu``, ``t`` are ``[K]``,
+    ``class_to_group`` ``[C]``.
+    """
+
+    net: GatingNet
+    temperatures: list[float]
+    alpha: torch.Tensor
+    mu: torch.Tensor
+    t: torch.Tensor
+    class_to_group: torch.Tensor
+    margin_variant: str
+    top_k: int
+    expert_names: tuple[str, ...]
+    device: torch.device
+    source: str = "<memory>"
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.temperatures)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_to_group.numel())
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.alpha.numel())
+
+    def _check(self, logits: torch.Tensor) -> None:
+        if logits.dim() != 3 or logits.shape[1] != self.num_experts \
+                or logits.shape[2] != self.num_classes:
+            raise InputError(
+                "logits do not match the checkpoint", file=self.source, field="logits shape",
+                value=tuple(logits.shape),
+                expected=f"[N, E={self.num_experts}, C={self.num_classes}] "
+                         f"(checkpoint E={self.num_experts}, C={self.num_classes})")
+
+    @torch.no_grad()
+    def posterior(self, logits) -> torch.Tensor:
+        """Mixture posterior ``eta [N, C]`` (on the predictor's device)."""
+        logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor)
+                                 else logits, dtype=torch.float32).to(self.device)
+        self._check(logits)
+        probs = torch.softmax(apply_temperatures(logits, self.temperatures), dim=-1)
+        feats = GatingFeatureBuilder(self.top_k).from_probs(probs)
+        _, eta = gate_all(self.net, feats, probs)
+        return eta
+
+    @torch.no_grad()
+    def decide(self, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(class [N], accept [N] bool, margin [N], confidence [N])`` on CPU;
+        ``confidence = margin - t[group(class)]`` and ``accept = confidence > 0``."""
+        eta = self.posterior(logits)
+        c2g = self.class_to_group.to(eta.device)
+        m, pred = margin_and_prediction(eta, self.alpha.to(eta.device), self.mu.to(eta.device),
+                                        c2g, self.margin_variant)
+        conf = m - self.t.to(eta.device, eta.dtype)[c2g[pred]]
+        return pred.cpu(), (conf > 0).cpu(), m.cpu(), conf.cpu()
+
+    def predict(self, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expert logits ``[N, E, C]`` -> ``(class [N], accept [N] bool, margin [N])``."""
+        pred, acc, m, _ = self.decide(logits)
+        return pred, acc, m
+
+
+def predictor_from_state(net: GatingNet, *, temperatures: Sequence[float], alpha, mu, t,
+                         class_to_group, margin: str, top_k: int, expert_names: Sequence[str],
+                         device: torch.device, source: str = "<memory>") -> ArgsePredictor:
+    net = net.to(device).eval()
+    return ArgsePredictor(
+        net=net, temperatures=[float(x) for x in temperatures],
+        alpha=torch.as_tensor(alpha, dtype=torch.float32).detach().clone().cpu(),
+        mu=torch.as_tensor(mu, dtype=torch.float32).detach().clone().cpu(),
+        t=torch.as_tensor(t, dtype=torch.float32).detach().clone().cpu(),
+        class_to_group=torch.as_tensor(class_to_group, dtype=torch.int64).clone().cpu(),
+        margin_variant=margin, top_k=int(top_k), expert_names=tuple(expert_names),
+        device=device, source=source)
+
+
+def predictor_from_checkpoint(ckpt: dict[str, Any], device="auto") -> ArgsePredictor:
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    e, c = int(ckpt["num_experts"]), int(ckpt["num_classes"])
+    cfg = ckpt.get("config", {}) or {}
+    hidden = tuple(ckpt.get("hidden_dims", cfg.get("hidden_dims", (128, 64))))
+    dropout = float(ckpt.get("dropout", cfg.get("dropout", 0.1)))
+    net = GatingNet(int(ckpt["gating_feature_dim"]), hidden, e, dropout)
+    net.load_state_dict(ckpt["gating_net_state_dict"])
+    k = int(ckpt["num_groups"])
+    temps = ckpt.get("temperatures")
+    if isinstance(temps, dict):
+        names = ckpt.get("expert_names") or list(temps)
+        temps = [float(temps[n]) for n in names]
+    return predictor_from_state(
+        net, temperatures=temps if temps is not None else [1.0] * e,
+        alpha=ckpt.get("alpha", torch.ones(k)), mu=ckpt.get("mu", torch.zeros(k)),
+        t=ckpt.get("t_param", torch.full((k,), -float("inf"))),
+        class_to_group=ckpt["class_to_group"], margin=ckpt.get("margin", "seed"),
+        top_k=int(ckpt.get("top_k", cfg.get("top_k", 5))),
+        expert_names=ckpt.get("expert_names") or [f"expert{i}" for i in range(e)],
+        device=dev, source=ckpt.get("_file", "<memory>"))
+
+
+def load_predictor(path: str | Path, device="auto") -> ArgsePredictor:
+    """Predictor from a ``*.ckpt`` file or a directory holding one."""
+    ckpt = load_checkpoint(path)
+    if gating_feature_dim(int(ckpt["num_experts"])) != int(ckpt["gating_feature_dim"]):
+        raise InputError(file=ckpt["_file"], field="gating_feature_dim",
+                         value=ckpt["gating_feature_dim"],
+                         expected=f"7E+3 = {gating_feature_dim(int(ckpt['num_experts']))}")
+    return predictor_from_checkpoint(ckpt, device)
+
+
+def check_bundle_matches(predictor: ArgsePredictor, bundle) -> None:
+    """InputError naming both shapes when the bundle's E/C differ from the checkpoint's."""
+    be, bc = bundle.num_experts, bundle.num_classes
+    if be != predictor.num_experts or bc != predictor.num_classes:
+        raise InputError(
+            f"bundle has E={be}, C={bc} but checkpoint {predictor.source} has "
+            f"E={predictor.num_experts}, C={predictor.num_classes}",
+            file=getattr(bundle, "path", None) or "bundle", field="experts/classes",
+            expected="the bundle the checkpoint was trained on")
+
+
+def model_metrics(predictor: ArgsePredictor, bundle, split: str) -> dict[str, float]:
+    """Metrics dict (see :func:`core.argse.evaluation.selective_metrics`) on ``split``."""
+    check_bundle_matches(predictor, bundle)
+    logits, labels = split_tensors(bundle, split)
+    pred, acc, _, conf = predictor.decide(logits)
+    return selective_metrics(conf, pred, labels, predictor.class_to_group,
+                             predictor.num_groups, accept=acc)
+
+
+def evaluate_checkpoint(path: str | Path, bundle, split: str, device="auto") -> dict[str, float]:
+    """Metrics of the checkpoint at ``path`` on ``bundle``'s ``split``."""
+    return model_metrics(load_predictor(path, device), bundle, split)

@@ -1,0 +1,341 @@
+"""Selective mode: Stage A, then cycles of B1 / B2 / B3 (ALGORITHMS.md §2).
+
+- Stage A (``stageA_epochs``): mixture CE on S1; thresholds ``t_k`` start at the
+  ``1 - tau_k`` quantile of the margins of true-label group k.
+- B1 (``b1_epochs``): gate + learnable ``t [K]`` minimise
+  ``L_sel + l_q pinball + l_cov L_cov + l_H H(w) + l_GA KL(w || pi_g)``
+  (:func:`core.argse.losses.selective_loss`) on S1.
+- B2: ``alpha`` on S1 (:mod:`core.argse.rules`, seed or paper variant).
+- B3: ``mu`` on S2 (grid for K = 2, EG / coordinate grid for K > 2), EMA
+  ``mu <- mu_ema * mu + (1 - mu_ema) * mu_best``.
+- Thresholds for evaluation are then calibrated on all of ``tunev`` (see
+  ``SelectiveConfig.calibrate_thresholds``).
+
+``val`` metrics are reported after Stage A (``cycle = 0``) and after every cycle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from core.argse.checkpoint import SELECTIVE_FILE, load_checkpoint
+from core.argse.config import SelectiveConfig
+from core.argse.data import (
+    PreparedSplit,
+    batch_order,
+    check_training_bundle,
+    class_to_group_tensor,
+    prepare_split,
+    split_tensors,
+    stratified_split,
+)
+from core.argse.features import gating_feature_dim
+from core.argse.gating import GatingNet, gate, gate_all
+from core.argse.losses import build_group_priors, mixture_nll, selective_loss
+from core.argse.margins import margin_and_prediction
+from core.argse.predictor import model_metrics, predictor_from_state
+from core.argse.rules import (
+    MuScorer,
+    calibrate_thresholds,
+    search_mu,
+    update_alpha_paper,
+    update_alpha_seed,
+)
+from core.argse.temperature import fit_temperatures
+from core.argse.training import (
+    ArgseResult,
+    CheckpointWriter,
+    Report,
+    check_resume_config,
+    load_state,
+    optimizer_to,
+    rng_state,
+    set_rng_state,
+)
+from core.config import config_to_dict
+from core.device import resolve_device
+from core.errors import InputError
+
+MODE = "selective_pinball"
+
+
+class _Run:
+    """The mutable state of one selective training (everything a checkpoint holds)."""
+
+    def __init__(self, config: SelectiveConfig, bundle, dev: torch.device, temps, s1, s2, full):
+        self.cfg = config
+        self.bundle = bundle
+        self.dev = dev
+        self.temps = list(temps)
+        self.s1, self.s2, self.full = s1, s2, full
+        e, k = bundle.num_experts, bundle.num_groups
+        self.k = k
+        self.c2g = class_to_group_tensor(bundle).to(dev)
+        self.targets = torch.tensor(config.group_targets(k), dtype=torch.float32, device=dev)
+        self.global_target = config.target_coverage
+        if config.group_priors == "experts":
+            self.pi = build_group_priors(bundle.expert_names, k).to(dev)
+        else:
+            self.pi = torch.full((k, e), 1.0 / e, device=dev)
+        self.net = GatingNet(gating_feature_dim(e), config.hidden_dims, e, config.dropout).to(dev)
+        self.t = torch.nn.Parameter(torch.zeros(k, device=dev))
+        self.opt = torch.optim.Adam([
+            {"params": self.net.parameters(), "weight_decay": config.weight_decay},
+            {"params": [self.t], "weight_decay": 0.0}], lr=config.lr)
+        self.alpha = torch.ones(k, device=dev)
+        self.mu = torch.zeros(k, device=dev)
+        self.t_eval = torch.zeros(k, device=dev)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.logs: list[dict] = []
+        self.step = -1  # -1: nothing done; 0: Stage A done; c: cycle c done
+
+    # ---- training steps ---------------------------------------------------------------
+    def _clip_step(self, loss):
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(self.net.parameters()) + [self.t],
+                                           self.cfg.grad_clip)
+        self.opt.step()
+
+    def stage_a_epoch(self) -> float:
+        self.net.train()
+        total, n = torch.zeros((), device=self.dev), 0
+        for idx in batch_order(len(self.s1), self.cfg.batch_size, self.gen):
+            idx = idx.to(self.dev)
+            _, eta = gate(self.net, self.s1.features[idx], self.s1.probs[idx])
+            loss = mixture_nll(eta, self.s1.labels[idx]).mean()
+            self._clip_step(loss)
+            total += loss.detach()
+            n += 1
+        return float(total) / max(n, 1)
+
+    def init_thresholds(self) -> None:
+        """``t_k`` = the ``1 - tau_k`` quantile of S1 margins of true-label group k."""
+        _, eta = gate_all(self.net, self.s1.features, self.s1.probs)
+        m, _ = margin_and_prediction(eta, self.alpha, self.mu, self.c2g, self.cfg.margin)
+        with torch.no_grad():
+            for g in range(self.k):
+                sel = m[self.s1.groups == g]
+                if sel.numel():
+                    self.t[g] = torch.quantile(sel, 1.0 - float(self.targets[g]))
+
+    def b1_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.net.train()
+        total, n = torch.zeros((), device=self.dev), 0
+        parts_sum: dict[str, torch.Tensor] = {}
+        for idx in batch_order(len(self.s1), cfg.batch_size, self.gen):
+            idx = idx.to(self.dev)
+            w, eta = gate(self.net, self.s1.features[idx], self.s1.probs[idx])
+            loss, parts, _, _ = selective_loss(
+                eta, w, self.s1.labels[idx], self.s1.groups[idx], alpha=self.alpha,
+                mu=self.mu, t=self.t, class_to_group=self.c2g, targets=self.targets,
+                pi_by_group=self.pi, kappa=cfg.kappa, beta_tail=cfg.beta_tail,
+                lambda_q=cfg.lambda_q, lambda_cov=cfg.lambda_cov, lambda_H=cfg.lambda_H,
+                lambda_GA=cfg.lambda_GA, margin=cfg.margin)
+            self._clip_step(loss)
+            total += loss.detach()
+            for key, v in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + v
+            n += 1
+        out = {f"loss_{key}": float(v) / max(n, 1) for key, v in parts_sum.items()}
+        out["loss"] = float(total) / max(n, 1)
+        return out
+
+    def b2(self) -> None:
+        cfg = self.cfg
+        _, eta = gate_all(self.net, self.s1.features, self.s1.probs)
+        t = self.t.detach()
+        if cfg.alpha_update == "seed":
+            self.alpha = update_alpha_seed(
+                eta, self.s1.groups, self.alpha, self.mu, t, self.c2g, self.k, gamma=cfg.gamma,
+                alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max, variant=cfg.margin,
+                steps=cfg.alpha_steps)
+        else:
+            self.alpha = update_alpha_paper(
+                eta, self.s1.groups, self.alpha, self.mu, t, self.c2g, self.k,
+                alpha_min=cfg.alpha_min, alpha_max=cfg.alpha_max, variant=cfg.margin,
+                steps=cfg.alpha_steps)
+
+    def b3(self) -> dict[str, float]:
+        cfg = self.cfg
+        _, eta = gate_all(self.net, self.s2.features, self.s2.probs)
+        scorer = MuScorer(eta, self.s2.labels, self.s2.groups, self.alpha, self.t.detach(),
+                          self.c2g, self.k, cfg.margin, global_target=self.global_target)
+        best, score, errs = search_mu(
+            scorer, self.mu, objective=cfg.mu_objective, grid_points=cfg.mu_grid_points,
+            grid_range=cfg.mu_grid_range, eg_steps=cfg.mu_eg_steps,
+            eg_step_size=cfg.mu_eg_step_size)
+        self.mu = (cfg.mu_ema * self.mu + (1.0 - cfg.mu_ema) * best.to(self.mu)).float()
+        return {"s2_score": score, **{f"s2_error_g{g}": float(v) for g, v in enumerate(errs)}}
+
+    def calibrate(self) -> None:
+        t = self.t.detach().clone()
+        if self.cfg.calibrate_thresholds:
+            _, eta = gate_all(self.net, self.full.features, self.full.probs)
+            m, pred = margin_and_prediction(eta, self.alpha, self.mu, self.c2g, self.cfg.margin)
+            t = calibrate_thresholds(m, self.c2g[pred], t, self.targets.tolist(),
+                                     global_target=self.global_target is not None)
+        self.t_eval = t.float()
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def predictor(self):
+        return predictor_from_state(
+            self.net, temperatures=self.temps, alpha=self.alpha, mu=self.mu, t=self.t_eval,
+            class_to_group=self.c2g, margin=self.cfg.margin, top_k=self.cfg.top_k,
+            expert_names=self.bundle.expert_names, device=self.dev)
+
+    def checkpoint(self) -> dict:
+        b, e = self.bundle, self.bundle.num_experts
+        return {
+            "gating_net_state_dict": {n: v.detach().cpu() for n, v in self.net.state_dict().items()},
+            "num_experts": e, "num_classes": b.num_classes, "num_groups": self.k,
+            "gating_feature_dim": gating_feature_dim(e), "config": config_to_dict(self.cfg),
+            "alpha": self.alpha.detach().float().cpu(), "mu": self.mu.detach().float().cpu(),
+            "t_param": self.t_eval.detach().float().cpu(),
+            "t_learned": self.t.detach().float().cpu(),
+            "pi_by_group": self.pi.detach().cpu(),
+            "temperatures": {n: float(x) for n, x in zip(b.expert_names, self.temps)},
+            "cycle_logs": self.logs, "mode": MODE, "margin": self.cfg.margin,
+            "expert_names": list(b.expert_names), "class_to_group": self.c2g.cpu(),
+            "targets": self.targets.tolist(), "hidden_dims": list(self.cfg.hidden_dims),
+            "dropout": self.cfg.dropout, "top_k": self.cfg.top_k,
+        }
+
+    def trainer_state(self, rng) -> dict:
+        return {"net": {n: v.detach().cpu() for n, v in self.net.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "t": self.t.detach().cpu(),
+                "alpha": self.alpha.cpu(), "mu": self.mu.cpu(), "t_eval": self.t_eval.cpu(),
+                "rng": rng, "step": self.step, "logs": self.logs,
+                "temperatures": self.temps, "config": config_to_dict(self.cfg)}
+
+    def load_trainer_state(self, st: dict) -> None:
+        self.net.load_state_dict(st["net"])
+        self.opt.load_state_dict(st["optimizer"])
+        optimizer_to(self.opt, self.dev)
+        with torch.no_grad():
+            self.t.copy_(st["t"].to(self.dev))
+        self.alpha = st["alpha"].to(self.dev)
+        self.mu = st["mu"].to(self.dev)
+        self.t_eval = st["t_eval"].to(self.dev)
+        self.logs = st["logs"]
+        self.step = st["step"]
+        set_rng_state(self.gen, st["rng"])
+
+
+def _warm_start(run: _Run, path: str) -> list[float] | None:
+    """Load a pretrain checkpoint's gate; returns its temperatures (expert order)."""
+    ckpt = load_checkpoint(path)
+    b = run.bundle
+    if int(ckpt["num_experts"]) != b.num_experts or int(ckpt["num_classes"]) != b.num_classes:
+        raise InputError(
+            f"bundle has E={b.num_experts}, C={b.num_classes} but the checkpoint has "
+            f"E={ckpt['num_experts']}, C={ckpt['num_classes']}", file=ckpt["_file"],
+            field="pretrain_checkpoint", expected="a checkpoint trained on this bundle")
+    try:
+        run.net.load_state_dict(ckpt["gating_net_state_dict"])
+    except RuntimeError as exc:
+        raise InputError("gating net does not fit hidden_dims", file=ckpt["_file"],
+                         field="hidden_dims", value=list(run.cfg.hidden_dims),
+                         expected=f"the checkpoint's ({str(exc).splitlines()[0][:80]})") from None
+    temps = ckpt.get("temperatures")
+    if isinstance(temps, dict):
+        return [float(temps.get(n, 1.0)) for n in b.expert_names]
+    return None
+
+
+def train_selective(config: SelectiveConfig, bundle, report: Report | None = None, *,
+                    resume_from: str | Path | None = None, device="auto",
+                    workdir: str | Path | None = None) -> ArgseResult:
+    """Train the gate in selective mode; see the module docstring.
+
+    Args:
+        config: :class:`SelectiveConfig`.
+        bundle: an ``ExpertBundle`` with ``tunev`` (split into S1/S2) and ``val``.
+        report: ``report(metrics, checkpoint_dir)`` after Stage A and every cycle, with
+            ``val`` metrics (``augrc``, ``aurc``, ``worst_group_error``,
+            ``balanced_error``, ``coverage``, ``coverage_g{k}``, ``error_g{k}``, ...),
+            ``loss`` (mean training loss of the stage) and ``cycle`` (0 = Stage A).
+        resume_from: a checkpoint directory this function wrote; the run continues
+            after its step, identically to an uninterrupted run (CPU, same config).
+        device: ``auto|cpu|cuda``.
+        workdir: where checkpoint directories go (a temporary directory if None).
+    """
+    check_training_bundle(bundle)
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    cfg_dict = config_to_dict(config)
+    k = bundle.num_groups
+    config.group_targets(k)  # validates tau_groups against K early
+    logits, labels = split_tensors(bundle, "tunev")
+    c2g_cpu = class_to_group_tensor(bundle)
+    idx1, idx2 = stratified_split(c2g_cpu[labels], config.s1_fraction, config.seed)
+    state = load_state(resume_from) if resume_from is not None else None
+    if state is not None:
+        check_resume_config(state["config"], cfg_dict, resume_from)
+
+    torch.manual_seed(config.seed)
+    temps = [1.0] * bundle.num_experts
+    if config.fit_temperature and state is None:
+        temps = fit_temperatures(logits[idx1], labels[idx1])
+    # Build the run (net init draws from the seeded global RNG), then the warm start.
+    placeholder = PreparedSplit(*(torch.empty(0),) * 4)
+    run = _Run(config, bundle, dev, temps, placeholder, placeholder, placeholder)
+    if state is None and config.pretrain_checkpoint:
+        warm = _warm_start(run, config.pretrain_checkpoint)
+        if warm is not None:
+            run.temps = warm
+    if state is not None:
+        run.temps = list(state["temperatures"])
+    full = prepare_split(logits, labels, run.temps, c2g_cpu, config.top_k, dev)
+    run.full = full
+    run.s1, run.s2 = full.subset(idx1.to(dev)), full.subset(idx2.to(dev))
+    del logits
+    if state is not None:
+        run.load_trainer_state(state)
+
+    writer = CheckpointWriter(workdir)
+    last_dir = Path(resume_from) if resume_from is not None else None
+    metrics: dict[str, float] = dict(run.logs[-1]["val"]) if run.logs else {}
+
+    def finish_step(step: int, log: dict) -> None:
+        nonlocal last_dir, metrics
+        run.step = step
+        run.calibrate()
+        metrics = model_metrics(run.predictor(), bundle, "val")
+        metrics["loss"] = log["loss"]
+        metrics["cycle"] = float(step)
+        log.update({"cycle": step, "alpha": run.alpha.tolist(), "mu": run.mu.tolist(),
+                    "t": run.t_eval.tolist(), "t_learned": run.t.detach().tolist(),
+                    "val": dict(metrics)})
+        run.logs.append(log)
+        rng = rng_state(run.gen)
+        if report is not None or step == config.cycles:
+            last_dir = writer.write(f"cycle_{step:04d}", SELECTIVE_FILE, run.checkpoint(),
+                                    run.trainer_state(rng), run.logs)
+        if report is not None:
+            report(dict(metrics), str(last_dir))
+            set_rng_state(run.gen, rng)
+
+    if run.step < 0:
+        losses = [run.stage_a_epoch() for _ in range(config.stageA_epochs)]
+        run.init_thresholds()
+        finish_step(0, {"stage": "A", "loss": losses[-1] if losses else float("nan")})
+    for cycle in range(run.step + 1, config.cycles + 1):
+        parts: dict[str, float] = {}
+        for _ in range(config.b1_epochs):
+            parts = run.b1_epoch()
+        run.b2()
+        b3 = run.b3()
+        log = {"stage": "B", "loss": parts.get("loss", float("nan")), **parts, **b3}
+        finish_step(cycle, log)
+    return ArgseResult(
+        config=config, metrics=metrics, checkpoint_dir=str(last_dir),
+        checkpoint_file=str(Path(last_dir) / SELECTIVE_FILE),
+        temperatures=dict(zip(bundle.expert_names, map(float, run.temps))), logs=run.logs,
+        alpha=run.alpha.tolist(), mu=run.mu.tolist(), t=run.t_eval.tolist())
+
+
+__all__ = ["train_selective", "MODE"]

@@ -204,6 +204,24 @@ def test_curves_equal_the_report_at_the_percentile_threshold(case):
             assert curves["group_coverage"][i, g] == pytest.approx(report[f"coverage_g{g}"])
 
 
+def test_curves_with_one_group_per_class():
+    # K = C = 40: the many-groups path agrees with the report at every rate
+    rng = np.random.default_rng(5)
+    n = 600
+    labels = rng.integers(0, 40, n)
+    preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 40, n))
+    conf = rng.normal(size=n)
+    rates = [0.0, 0.25, 0.5, 0.9]
+    curves = group_error_curves(conf, preds, labels, labels, 40, rejection_rates=rates)
+    for i, r in enumerate(rates):
+        keep = n - int(np.floor(r * n + 1e-9))
+        accept = conf >= np.sort(conf)[::-1][keep - 1]
+        report = group_selective_report(accept, preds, labels, labels, 40)
+        np.testing.assert_allclose(curves["group_error"][i],
+                                   [report[f"error_g{g}"] for g in range(40)], atol=1e-15)
+        assert curves["worst_group_error"][i] == report["worst_group_error"]
+
+
 # ----------------------------------------------------------------------------- areas
 
 

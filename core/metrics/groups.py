@@ -38,6 +38,7 @@ __all__ = [
 
 # Rejection rates 0, 0.01, ..., 0.8: the range plotted by Narasimhan et al.
 DEFAULT_REJECTION_RATES = np.linspace(0.0, 0.8, 81)
+DEFAULT_REJECTION_RATES.setflags(write=False)  # shared constant: callers get copies
 
 # Guards floor(r·B) against r·B landing a hair below an integer (0.3·10 = 2.9999...).
 _FLOOR_EPS = 1e-9

@@ -272,8 +272,11 @@ class Categorical(_Param):
                 self._fail(source, "choices", choice,
                            "scalars (string, number, true/false, null)",
                            problem="unsupported choice")
-            if _index(seen, choice) is not None:
-                self._fail(source, "choices", choice, "each choice once", problem="duplicate choice")
+            # Equality, not identity of type: Optuna finds a choice by ``==``, so 1, 1.0
+            # and True would be one choice there.
+            if any(choice == other for other in seen):
+                self._fail(source, "choices", choice, "each choice once (1, 1.0 and true count as equal)",
+                           problem="duplicate choice")
             seen.append(choice)
         self._check_condition_shape(source)
 

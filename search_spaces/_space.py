@@ -203,17 +203,20 @@ class SearchSpace:
                     raise SpaceError(source, param=p.name, key="condition.values", value=v,
                                      problem=f"not a choice of {cond.parent}",
                                      expected=f"values among {list(parent.choices)!r}")
-        # Cycles: follow parent links from each parameter; a chain longer than the
-        # number of parameters, or one that revisits a name, is a cycle.
+        # Cycles: follow parent links from each parameter; revisiting a name closes a
+        # cycle, reported at its first member (the chain may enter it from outside).
         for p in self.params:
             chain = [p.name]
             cur = p
             while cur.condition is not None:
                 nxt = cur.condition.parent
                 if nxt in chain:
-                    cycle = " -> ".join([*chain[chain.index(nxt):], nxt])
-                    raise SpaceError(source, param=p.name, key="condition.parent",
-                                     value=p.condition.parent, problem=f"conditional cycle {cycle}",
+                    members = chain[chain.index(nxt):]
+                    cycle = " -> ".join([*members, nxt])
+                    first = by_name[members[0]]
+                    raise SpaceError(source, param=first.name, key="condition.parent",
+                                     value=first.condition.parent if first.condition else None,
+                                     problem=f"conditional cycle {cycle}",
                                      expected="conditions that form a tree")
                 chain.append(nxt)
                 cur = by_name[nxt]

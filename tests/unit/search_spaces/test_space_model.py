@@ -105,9 +105,9 @@ def test_active_params_follows_nested_conditions():
 
 
 def test_condition_matches_by_type_not_only_equality():
-    # True == 1 in Python; a condition on True must not fire for the int choice 1.
+    # True == 1 in Python; a condition on True must not fire for an assignment of 1.
     space = SearchSpace("t", (
-        Categorical("flag", (True, 1)),
+        Categorical("flag", (True, False)),
         Float("x", 0, 1, condition=Condition("flag", (True,))),
     )).validate()
     assert "x" in {p.name for p in space.active_params({"flag": True})}

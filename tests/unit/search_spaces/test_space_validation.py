@@ -48,6 +48,8 @@ CASES = [
      ["param c", "value choices=[]", "no choices", "expected a non-empty list of values"]),
     ("duplicate choice", "c: {type: categorical, choices: [a, a]}",
      ["param c", "value choices='a'", "duplicate choice"]),
+    ("choices equal for Optuna", "c: {type: categorical, choices: [1, true]}",
+     ["param c", "value choices=True", "duplicate choice", "1, 1.0 and true count as equal"]),
     ("list choice", "c: {type: categorical, choices: [[64, 32]]}",
      ["param c", "value choices=[64, 32]", "unsupported choice"]),
     ("unknown type", "c: {type: loguniform, low: 1, high: 2}",
@@ -74,6 +76,11 @@ CASES = [
      "  calibrator: {type: categorical, choices: [x, y], condition: {parent: loss, values: [a]}}",
      ["param loss", "value condition.parent='calibrator'",
       "conditional cycle loss -> calibrator -> loss", "expected conditions that form a tree"]),
+    ("cycle entered from outside",
+     "x: {type: float, low: 0, high: 1, condition: {parent: a, values: [u]}}\n"
+     "  a: {type: categorical, choices: [u, v], condition: {parent: b, values: [u]}}\n"
+     "  b: {type: categorical, choices: [u, v], condition: {parent: a, values: [v]}}",
+     ["param a", "value condition.parent='b'", "conditional cycle a -> b -> a"]),
     ("self condition",
      "loss: {type: categorical, choices: [a, b], condition: {parent: loss, values: [a]}}",
      ["param loss", "conditional cycle loss -> loss"]),

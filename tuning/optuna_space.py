@@ -23,7 +23,9 @@ pass ``group=True`` as well, since the space is dynamic.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -34,7 +36,23 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from search_spaces import Categorical, Float, Int, Param, SearchSpace
+from core.errors import InputError
+from search_spaces import Categorical, Float, Int, Param, SearchSpace, SpaceError, load_space
+
+
+def resolve_space(preset_or_path: str | Path, trainable: str, config_cls: type) -> SearchSpace:
+    """Load a preset or space file for ``trainable`` and check it against its config.
+
+    ``config_cls`` is the trainable's config dataclass; its field names are the only
+    parameter and ``fixed`` keys allowed. A bad space raises
+    :class:`core.errors.InputError` carrying the space's one-line message
+    (``FILE: param NAME: value V: ... expected ...``), which the CLI prints as is.
+    """
+    known = [f.name for f in dataclasses.fields(config_cls)]
+    try:
+        return load_space(str(preset_or_path), trainable=trainable, known_keys=known)
+    except SpaceError as exc:
+        raise InputError(str(exc)) from None
 
 
 def to_optuna_distribution(param: Param) -> BaseDistribution:
@@ -124,6 +142,7 @@ __all__ = [
     "DefineByRun",
     "active_distributions",
     "define_by_run",
+    "resolve_space",
     "sample_config",
     "to_optuna_distribution",
     "to_optuna_distributions",

@@ -3,6 +3,7 @@ conditions in real Optuna studies (no Ray started)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import warnings
@@ -16,6 +17,7 @@ from tuning.optuna_space import (
     DefineByRun,
     active_distributions,
     define_by_run,
+    resolve_space,
     sample_config,
     to_optuna_distributions,
 )
@@ -170,3 +172,25 @@ def test_ray_optuna_search_accepts_it_and_survives_save_restore(tmp_path):
     space.check_assignment(restored.suggest("t9"))
     assert len(restored._ot_study.trials) == 5
     assert not ray.is_initialized()
+
+
+def test_resolve_space_checks_config_fields_and_raises_input_error(tmp_path):
+    from core.errors import InputError
+
+    @dataclasses.dataclass
+    class MiniConfig:
+        lr: float = 1e-3
+        epochs: int = 3
+
+    path = tmp_path / "s.yaml"
+    path.write_text("trainable: stage1\nparams: {lr: {type: float, low: 1e-4, high: 1e-2, log: true}}\n"
+                    "fixed: {epochs: 2}\n")
+    space = resolve_space(path, "stage1", MiniConfig)
+    assert space.names == ("lr",) and space.fixed == {"epochs": 2}
+    path.write_text("trainable: stage1\nparams: {lrr: {type: float, low: 1e-4, high: 1e-2}}\n")
+    with pytest.raises(InputError) as info:
+        resolve_space(path, "stage1", MiniConfig)
+    assert str(info.value) == (f"{path}: param lrr: unknown parameter for trainable 'stage1': "
+                               "expected one of epochs, lr")
+    with pytest.raises(InputError, match="space is for another trainable"):
+        resolve_space(path, "argse-pretrain", MiniConfig)

@@ -16,6 +16,7 @@ not listed here are rejected, so a typo (``lgo: true``) is an error, not a silen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Collection, Iterator, Mapping
@@ -139,6 +140,33 @@ class SearchSpace:
                 raise SpaceError(source, param=name, value=assignment[name],
                                  problem="set although inactive",
                                  expected=f"{cond.parent} in {list(cond.values)!r}" if cond else None)
+
+    def with_fixed(self, values: Mapping[str, Any], source: str = "<space>") -> SearchSpace:
+        """This space with ``values`` fixed: those parameters leave the search and join ``fixed``.
+
+        Conditional parameters follow their fixed parent: when the fixed value activates
+        them they stay in the search without the condition; otherwise they (and their
+        own descendants) are removed. E.g. fixing ``loss="bce"`` in the ``stage1``
+        preset keeps ``gate_weight`` and removes ``sn_lambda`` / ``sn_alpha``.
+        Keys that are not parameters are simply added to ``fixed``. The result is
+        validated (``source`` names it in errors).
+        """
+        values = dict(values)
+        removed = set(values) & set(self.names)
+        replaced: dict[str, Param | None] = {}  # None: dropped as inactive
+        for p in self.ordered_params():
+            if p.name in removed:
+                continue
+            cond = p.condition
+            if cond is not None and cond.parent in removed:
+                replaced[p.name] = (dataclasses.replace(p, condition=None)
+                                    if cond.holds(values[cond.parent]) else None)
+            elif cond is not None and cond.parent in replaced and replaced[cond.parent] is None:
+                replaced[p.name] = None
+            else:
+                replaced[p.name] = p
+        params = tuple(q for q in (replaced.get(p.name) for p in self.params) if q is not None)
+        return SearchSpace(self.trainable, params, {**self.fixed, **values}).validate(source=source)
 
     # --------------------------------------------------------------- validation
     def validate(self, known_keys: Collection[str] | None = None, source: str = "<space>") -> SearchSpace:

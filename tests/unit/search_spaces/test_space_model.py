@@ -146,3 +146,24 @@ def test_check_assignment():
         space.check_assignment({k: v for k, v in good.items() if k != "gate_weight"})
     with pytest.raises(SpaceError, match=r"param lr: value 1\.0: expected a number in \[1e-05, 0\.01\]"):
         space.check_assignment({**good, "lr": 1.0})
+
+
+def test_with_fixed_resolves_conditionals_of_a_fixed_parent():
+    s1 = PRESETS["stage1"]
+    bce = s1.with_fixed({"loss": "bce", "epochs": 2})
+    assert "loss" not in bce.names and bce.fixed == {"loss": "bce", "epochs": 2}
+    assert bce["gate_weight"] == Float("gate_weight", 0.1, 5.0, log=True)  # condition dropped
+    assert "sn_lambda" not in bce and "sn_alpha" not in bce
+    assert bce["odir_mu"].condition == Condition("calibrator", ("matrix", "dirichlet"))
+    sn = s1.with_fixed({"loss": "selectivenet"})
+    assert {"sn_lambda", "sn_alpha"} <= set(sn.names) and "gate_weight" not in sn
+    # Descendants of a removed parameter go too.
+    nested = every_kind_space().with_fixed({"loss": "bce"})
+    assert not {"sn_lambda", "use_ema", "ema_decay"} & set(nested.names)
+    kept = every_kind_space().with_fixed({"use_ema": True})
+    assert kept["ema_decay"].condition is None and kept["sn_lambda"].condition is not None
+    # The original is unchanged; fixing a plain parameter just moves it.
+    assert "loss" in s1.names and s1.fixed == {}
+    assert "lr" not in s1.with_fixed({"lr": 1e-3}).names
+    with pytest.raises(SpaceError, match="empty space"):
+        SearchSpace("t", (Float("x", 0, 1),)).with_fixed({"x": 0.5}, source="cli")

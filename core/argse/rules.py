@@ -83,12 +83,16 @@ def group_errors(accept: torch.Tensor, wrong: torch.Tensor, label_groups: torch.
                  num_groups: int) -> torch.Tensor:
     """Selective error per group for M accept vectors: ``accept [N, M]`` -> ``[M, K]``.
 
+    ``wrong``: ``[N]`` (same predictions for all candidates) or ``[N, M]``.
     A group with nothing accepted has error 1.0 (the convention of core/metrics).
     """
     onehot = F.one_hot(label_groups, num_groups).to(torch.float64)  # [N, K]
     acc = accept.to(torch.float64)
+    wrong = wrong.to(torch.float64)
+    if wrong.dim() == 1:
+        wrong = wrong.unsqueeze(1)
     n_acc = acc.T @ onehot  # [M, K]
-    n_err = (acc * wrong.to(torch.float64).unsqueeze(1)).T @ onehot
+    n_err = (acc * wrong).T @ onehot
     return torch.where(n_acc > 0, n_err / n_acc.clamp_min(1.0), torch.ones_like(n_acc))
 
 

@@ -1,0 +1,99 @@
+"""``seltune train argse-pretrain|argse-selective`` and ``seltune evaluate`` for AR-GSE.
+
+Training runs in-process (no Ray) with a progress bar on stderr, writes into ``--out``
+atomically::
+
+    gating_pretrained.ckpt | gating_selective.ckpt   seed-format checkpoint
+    trainer_state.pt                                 resumable state
+    selective_training_logs.json                     per-epoch / per-cycle logs
+    config.json                                      the full config used
+    metrics.json                                     the ``--json`` result below
+
+and ends with the table of ``val`` and ``test`` metrics beside every baseline
+(``--json``: ``{"val", "test", "baselines": {"val", "test"}, "config", "checkpoint"}``).
+The model's metrics are computed from the written checkpoint by
+:func:`core.argse.model_metrics`, the function ``seltune evaluate`` uses, so both
+commands print the same numbers for a split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+MODES = {"argse-pretrain": "pretrain", "argse-selective": "selective"}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from core.argse import (
+        LOGS_FILE,
+        PRETRAIN_FILE,
+        SELECTIVE_FILE,
+        PretrainConfig,
+        SelectiveConfig,
+        load_predictor,
+        model_metrics,
+        train_pretrain,
+        train_selective,
+    )
+    from core.argse.baselines import baseline_metrics, fit_baselines
+    from core.argse.checkpoint import STATE_FILE, save_json
+    from core.atomic import atomic_dir, check_output_path
+    from core.bundles import load_expert_bundle
+    from core.config import build_config, config_to_dict
+    from core.device import resolve_device
+    from tuning.cli.output import print_train_result, progress
+
+    mode = MODES[args.trainable]
+    cls, trainer, ckpt_name = {
+        "pretrain": (PretrainConfig, train_pretrain, PRETRAIN_FILE),
+        "selective": (SelectiveConfig, train_selective, SELECTIVE_FILE),
+    }[mode]
+    config = build_config(cls, args.config, args.overrides)
+    out = check_output_path(args.out, args.overwrite)
+    device = resolve_device(args.device)
+    bundle = load_expert_bundle(args.data)
+    total = config.epochs if mode == "pretrain" else config.cycles + 1
+    unit = "epoch" if mode == "pretrain" else "cycle"
+
+    with tempfile.TemporaryDirectory(prefix="seltune-argse-") as work, progress() as bar:
+        task = bar.add_task(f"{args.trainable}", total=total, status="")
+
+        def report(metrics: dict, checkpoint_dir: str) -> None:
+            bar.update(task, advance=1, status=(
+                f"{unit} {int(metrics.get(unit, 0))} loss {metrics.get('loss', float('nan')):.4f} "
+                f"worst {metrics['worst_group_error']:.4f} cov {metrics['coverage']:.3f}"))
+
+        result = trainer(config, bundle, report, device=device, workdir=work)
+        src = Path(result.checkpoint_dir)
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            for name in (ckpt_name, STATE_FILE, LOGS_FILE):
+                if (src / name).is_file():
+                    shutil.copy2(src / name, tmp / name)
+            save_json(config_to_dict(config), tmp / "config.json")
+            ckpt_path = (out / ckpt_name).resolve()
+            predictor = load_predictor(tmp / ckpt_name, device)
+            splits = [s for s in ("val", "test") if s in bundle.splits]
+            summary: dict = {s: model_metrics(predictor, bundle, s) for s in splits}
+            fitted = fit_baselines(bundle)
+            summary["baselines"] = {
+                s: baseline_metrics(bundle, s, summary[s]["coverage"], fitted) for s in splits}
+            summary["config"] = config_to_dict(config)
+            summary["checkpoint"] = str(ckpt_path)
+            save_json(summary, tmp / "metrics.json")
+    print_train_result(summary, args.json)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from core.argse import load_predictor, model_metrics
+    from core.bundles import load_expert_bundle
+    from tuning.cli.output import print_metrics
+
+    predictor = load_predictor(args.checkpoint, args.device)
+    bundle = load_expert_bundle(args.data)
+    metrics = model_metrics(predictor, bundle, args.split)
+    print_metrics(args.split, metrics, args.json)
+    return 0

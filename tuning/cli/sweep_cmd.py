@@ -1,0 +1,183 @@
+"""``seltune sweep | resume | export | status``: the tuning commands.
+
+``seltune sweep`` with no arguments runs the embedded default sweep (argse-selective,
+its default space, the default synthetic bundle, a shortened schedule); ``seltune``
+with no command at all does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.device import DEVICE_CHOICES
+
+EPILOG_SWEEP = """\
+Experiments go to STORAGE/NAME (STORAGE: --storage, $SELTUNE_STORAGE or
+~/seltune_results; NAME: --name or TRAINABLE-DATE-TIME). A name is never reused.
+Single objective: Optuna TPE proposes, ASHA stops trials early on --metric
+(rungs at grace_period * reduction_factor^k, in reports: epochs or cycles); trials
+stopped early are told to Optuna as PRUNED. Multi-objective (--metric a,b): no early
+stopping, every trial runs its full schedule; status/export give the Pareto front.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a hyperparameter search (Ray Tune + Optuna TPE + ASHA)",
+        description="Run a hyperparameter search. With no arguments: the default "
+        "argse-selective space on the default synthetic bundle, a few minutes on 2 CPUs.",
+        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trainable", default="argse-selective",
+                   choices=["argse-selective", "argse-pretrain", "stage1"])
+    p.add_argument("--data", help="bundle directory (default: the synthetic default "
+                   "bundle of the trainable's kind, built on first use)")
+    p.add_argument("--space", help="preset name or a .json/.yaml space file "
+                   "(default: the trainable's preset)")
+    p.add_argument("--num-samples", type=int, help="number of trials (default 16)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once "
+                   "(default: as resources allow)")
+    p.add_argument("--metric", default="worst_group_error",
+                   help="metric to optimise, or a comma list for multi-objective "
+                   "(default worst_group_error; every trial also reports augrc)")
+    p.add_argument("--mode", help="min|max (default: the metric's direction)")
+    p.add_argument("--grace-period", type=int, help="ASHA: reports before a trial can "
+                   "be stopped (default 1)")
+    p.add_argument("--max-t", type=int, help="ASHA: reports of a full run (default: "
+                   "epochs, or 1 + cycles for argse-selective)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA: keep 1/rf per rung (default 3)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="fractions allowed, e.g. 0.25 for the small gating nets")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--address", help="local | auto | HOST:PORT (default $RAY_ADDRESS or local)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    p.add_argument("--storage", help="directory of experiments")
+    p.add_argument("--name", help="experiment name (must not exist)")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--study-storage", help="SQLAlchemy URL of the Optuna study "
+                   "(default: SQLite inside the experiment; e.g. postgresql://...)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failing trial (from its last checkpoint)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="fix a config key for every trial (repeatable; "
+                   "removes it from the search if it was searched)")
+    p.add_argument("--json", action="store_true", help="print the final status as JSON")
+    p.set_defaults(func=run_sweep_cmd)
+
+    r = sub.add_parser("resume", help="continue a sweep whose driver died or was stopped")
+    r.add_argument("experiment", metavar="EXPERIMENT", help="experiment directory or name")
+    r.add_argument("--storage")
+    r.add_argument("--num-cpus", type=int)
+    r.add_argument("--address", help="override the saved Ray address")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=run_resume_cmd)
+
+    e = sub.add_parser("export", help="export the best trial: config, checkpoint, metrics, report")
+    e.add_argument("experiment", metavar="EXPERIMENT")
+    e.add_argument("--out", required=True, help="output directory (must not exist)")
+    e.add_argument("--metric", help="select by this metric (default: the sweep's)")
+    e.add_argument("--mode", help="min|max (default: the metric's direction)")
+    e.add_argument("--storage")
+    e.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=run_export_cmd)
+
+    s = sub.add_parser("status", help="trial counts, best so far and per-trial table")
+    s.add_argument("experiment", metavar="EXPERIMENT")
+    s.add_argument("--storage")
+    s.add_argument("--top", type=int, help="show only the best N trials")
+    s.add_argument("--json", action="store_true",
+                   help='{"name","path","metric","mode","counts","best","trials"}')
+    s.set_defaults(func=run_status_cmd)
+    global _SWEEP_DEFAULTS
+    _SWEEP_DEFAULTS = {a.dest: a.default for a in p._actions if a.dest != "help"}
+
+
+def sweep_options(args: argparse.Namespace, default_run: bool = False):
+    from tuning.sweep import SweepOptions
+
+    return SweepOptions(
+        trainable=args.trainable, data=args.data, space=args.space,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+        metric=args.metric, mode=args.mode, grace_period=args.grace_period,
+        max_t=args.max_t, reduction_factor=args.reduction_factor,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        device=args.device, address=args.address, num_cpus=args.num_cpus,
+        storage=args.storage, name=args.name, seed=args.seed,
+        study_storage=args.study_storage, max_failures=args.max_failures,
+        overrides=list(args.overrides), default_run=default_run,
+    )
+
+
+_SWEEP_DEFAULTS: dict = {}
+#: Options that do not change what the default sweep computes.
+_NEUTRAL = {"json", "num_cpus", "address", "storage", "func"}
+
+
+def _is_default_invocation(args: argparse.Namespace) -> bool:
+    """True when no option that shapes the search was given (``seltune sweep`` alone)."""
+    return all(getattr(args, k, v) == v for k, v in _SWEEP_DEFAULTS.items()
+               if k not in _NEUTRAL)
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from tuning.status import print_status
+    from tuning.sweep import DEFAULT_SWEEP_FIXED, run_sweep
+    from tuning.cli.output import print_json
+
+    default = _is_default_invocation(args)
+    if default:
+        # The embedded default: a shortened selective schedule so it ends in minutes.
+        args.overrides = [f"{k}={v}" for k, v in DEFAULT_SWEEP_FIXED.items()]
+        print("[seltune] no --data/--space/--num-samples: running the default sweep "
+              "(argse-selective, default space, synthetic bundle, short schedule)",
+              file=sys.stderr)
+    status = run_sweep(sweep_options(args, default_run=default))
+    if args.json:
+        print_json(status)
+    else:
+        print_status(status, top=10)
+    return 0 if status["counts"].get("ERROR", 0) < len(status["trials"]) else 1
+
+
+def run_resume_cmd(args: argparse.Namespace) -> int:
+    from tuning.cli.output import print_json
+    from tuning.resume import resume
+    from tuning.status import print_status
+
+    status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
+                    address=args.address)
+    if args.json:
+        print_json(status)
+    else:
+        print_status(status, top=10)
+    return 0
+
+
+def run_export_cmd(args: argparse.Namespace) -> int:
+    from tuning.cli.output import print_json, print_train_result
+    from tuning.export import export
+
+    result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
+                    storage=args.storage, device=args.device, overwrite=args.overwrite)
+    if args.json:
+        print_json(result)
+    else:
+        print_train_result(result["metrics"], as_json=False)
+        print(f"exported to {result['out']}", file=sys.stderr)
+    return 0
+
+
+def run_status_cmd(args: argparse.Namespace) -> int:
+    from tuning.cli.output import print_json
+    from tuning.experiment import find_experiment
+    from tuning.status import experiment_status, print_status
+
+    status = experiment_status(find_experiment(args.experiment, args.storage))
+    if args.json:
+        print_json(status)
+    else:
+        print_status(status, top=args.top)
+    return 0

@@ -1,0 +1,130 @@
+"""Starting or joining Ray for a sweep.
+
+``address``:
+
+- ``"local"`` (the default when neither ``--address`` nor ``RAY_ADDRESS`` is set):
+  start a private single-node Ray for this process, bound to 127.0.0.1, with no
+  dashboard and a private temporary directory (``RAY_TMPDIR``), so a sweep never
+  attaches to somebody else's cluster on the same machine. Stopping it
+  (:meth:`RayRuntime.close`) stops only the processes this driver started.
+- ``"auto"`` or ``"HOST:PORT"`` (or ``ray://HOST:PORT``): join an existing cluster.
+  Ray >= 2.60 enables token authentication; ``RAY_AUTH_MODE`` must then be set the
+  same way in this process as on the cluster's nodes.
+
+When ``--address`` is not given, ``RAY_ADDRESS`` from the environment is honoured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from core.errors import InputError
+
+_HOST_PORT = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+def resolve_address(address: str | None) -> str:
+    """The address to use: ``address`` if given, else ``$RAY_ADDRESS``, else ``local``.
+
+    Raises:
+        InputError: ``address`` is not ``local``, ``auto`` or ``HOST:PORT``.
+    """
+    if address is None or address == "":
+        address = os.environ.get("RAY_ADDRESS") or "local"
+    if address in ("local", "auto") or _HOST_PORT.match(address):
+        return address
+    raise InputError(field="--address", value=address,
+                     expected="local, auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+
+
+@dataclass
+class RayRuntime:
+    """A Ray connection this process made; :meth:`close` undoes exactly that."""
+
+    address: str
+    started_local: bool
+    temp_dir: str | None
+    owns_temp_dir: bool
+    owns_connection: bool = True
+
+    def close(self) -> None:
+        import ray
+
+        if self.owns_connection and ray.is_initialized():
+            # For a local Ray this stops the raylet/GCS this driver started (by pid,
+            # inside Ray); for a remote cluster it only disconnects.
+            ray.shutdown()
+        if self.owns_temp_dir and self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None,
+              num_gpus: int | None = None, quiet: bool = True) -> RayRuntime:
+    """Start (``local``) or join (``auto`` / ``HOST:PORT``) Ray; see the module doc.
+
+    Args:
+        address: ``local``, ``auto``, ``HOST:PORT`` or None (``$RAY_ADDRESS`` / local).
+        num_cpus, num_gpus: resources of a local Ray (ignored when joining a cluster);
+            None lets Ray detect them.
+        quiet: keep Ray's own logging at WARNING.
+
+    Returns:
+        The :class:`RayRuntime` to :meth:`~RayRuntime.close` afterwards.
+    """
+    import logging
+
+    import ray
+
+    address = resolve_address(address)
+    if ray.is_initialized():  # e.g. a test or a notebook that started Ray itself
+        return RayRuntime(address=address, started_local=False, temp_dir=None,
+                          owns_temp_dir=False, owns_connection=False)
+    # The dashboard, usage stats and metrics exporter would open more ports and
+    # threads; a sweep needs none of them.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    log_level = logging.WARNING if quiet else logging.INFO
+    if address == "local":
+        temp_dir = os.environ.get("RAY_TMPDIR")
+        owns = False
+        if not temp_dir:
+            # Short path under /tmp: Ray's unix socket paths must stay < 108 chars.
+            temp_dir = tempfile.mkdtemp(prefix="seltune-ray-", dir="/tmp")
+            os.environ["RAY_TMPDIR"] = temp_dir
+            owns = True
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",
+            logging_level=log_level,
+            log_to_driver=True,
+        )
+        return RayRuntime(address=address, started_local=True, temp_dir=temp_dir,
+                          owns_temp_dir=owns)
+    try:
+        ray.init(address=address, logging_level=log_level, log_to_driver=True)
+    except ConnectionError as exc:
+        raise InputError(f"cannot connect to Ray: {str(exc).splitlines()[0]}",
+                         field="--address", value=address,
+                         expected="a running Ray cluster (ray start --head ...)") from None
+    return RayRuntime(address=address, started_local=False, temp_dir=None,
+                      owns_temp_dir=False)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                num_gpus: int | None = None) -> Iterator[RayRuntime]:
+    """``with ray_session(...) as rt:`` — :func:`start_ray`, then always close."""
+    runtime = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        yield runtime
+    finally:
+        runtime.close()

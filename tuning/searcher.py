@@ -1,0 +1,417 @@
+"""The searcher (Optuna TPE in an RDB study) and the early stopper (ASHA), as Tune sees them.
+
+Two known Ray Tune behaviours are handled here (DESIGN.md):
+
+1. **Stopped trials reach Optuna as PRUNED.** Ray's ``OptunaSearch`` tells a trial
+   that ASHA stopped at a low rung as COMPLETE with that low-rung value, so TPE would
+   learn from low-fidelity numbers as if they were final. :class:`SeltuneOptunaSearch`
+   is told by :class:`PersistentASHA` which trials it stopped early (before ``max_t``)
+   and tells the study ``PRUNED`` for them, with every value they reported as Optuna
+   intermediate values (``step = training_iteration``). TPE then ranks them as Optuna
+   does for its own pruned trials (below complete trials, by the last step reached),
+   instead of mixing their values with full-fidelity ones. A trial that ran to its end
+   is told COMPLETE with the **best** value it reported (the value of the checkpoint
+   that ``seltune export`` would pick); a trial with no value is FAIL.
+
+2. **ASHA's rungs survive a restart.** ``Tuner.restore`` rebuilds the scheduler from
+   ``tuner.pkl`` (the state at the start of the sweep), so rungs would start empty and
+   trials already stopped could run on to ``max_t``. :class:`PersistentASHA` writes
+   its rungs and the set of stopped trials to ``seltune/asha_state.json`` on every
+   decision and reloads them on first use after a restore; a stopped trial that Ray
+   brings back (its last saved state said RUNNING) is stopped again before it runs.
+
+Multi-objective sweeps (``--metric augrc,worst_group_error``) use no early stopping
+(:func:`build_scheduler` returns a FIFO scheduler): ASHA ranks trials on one number, so
+it would cut trials that are good on the other objectives and bias the Pareto front,
+and Optuna has no intermediate values for multi-objective studies. Every trial runs its
+full schedule; its objective values are those of its last report.
+
+Search-space conversion (``tuning.optuna_space``) is separate; this module only wraps
+its define-by-run function so that it pickles with the searcher's state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ITERATION = "training_iteration"
+
+
+# --------------------------------------------------------------------------- searcher
+class SpaceFunction:
+    """Picklable define-by-run function over a serialised :class:`SearchSpace`.
+
+    Ray pickles the searcher (``tuner.pkl`` and every experiment snapshot); a closure
+    would not pickle, a plain dict does. ``fixed`` values are added to every config.
+    """
+
+    def __init__(self, space_dict: dict[str, Any]) -> None:
+        self.space_dict = space_dict
+        self._fn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"space_dict": self.space_dict}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.space_dict = state["space_dict"]
+        self._fn = None
+
+    def __call__(self, trial) -> dict[str, Any]:
+        if self._fn is None:
+            from search_spaces import SearchSpace
+            from tuning.optuna_space import define_by_run
+
+            self._fn = define_by_run(SearchSpace.from_dict(self.space_dict))
+        return self._fn(trial) or {}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def trial_outcome(
+    *,
+    metric: str | list[str],
+    mode: str | list[str],
+    result: dict[str, Any] | None,
+    error: bool,
+    stopped_early: bool,
+    intermediate_values: dict[int, float],
+) -> tuple[str, Any]:
+    """Decide what Optuna is told for a finished Tune trial (pure logic, no Ray).
+
+    Args:
+        metric, mode: the objective(s); lists for multi-objective.
+        result: the trial's last result (None if it never reported).
+        error: the trial failed.
+        stopped_early: the scheduler stopped it before ``max_t``.
+        intermediate_values: ``{step: value}`` already reported to the study.
+
+    Returns:
+        ``("COMPLETE", value_or_values)``, ``("PRUNED", None)`` or ``("FAIL", None)``.
+        A complete single-objective trial's value is its best reported value (last
+        result included); multi-objective values are those of the last result.
+    """
+    if error:
+        return "FAIL", None
+    if isinstance(metric, list):
+        if stopped_early:
+            return "PRUNED", None
+        values = [None if result is None else result.get(m) for m in metric]
+        if any(not _finite(v) for v in values):
+            return "FAIL", None
+        return "COMPLETE", [float(v) for v in values]
+    if stopped_early:
+        return "PRUNED", None
+    seen = [float(v) for v in intermediate_values.values() if _finite(v)]
+    if result is not None and _finite(result.get(metric)):
+        seen.append(float(result[metric]))
+    if not seen:
+        return "FAIL", None
+    return "COMPLETE", (min(seen) if mode == "min" else max(seen))
+
+
+class SeltuneOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells early-stopped trials as PRUNED and survives restarts.
+
+    Differences from Ray's class (all in the module docstring): early-stopped trials
+    are PRUNED with intermediate values (:meth:`mark_stopped_early`, called by
+    :class:`PersistentASHA`); complete trials get their best value; each Optuna trial
+    carries a ``ray_trial_id`` user attribute; after a restore, the Optuna trials that
+    the last snapshot does not know (asked after it, before the driver died) are told
+    FAIL, and reports for trials the study already finished are ignored instead of
+    crashing the driver; a completion for a trial id the searcher never suggested
+    (Ray's ``restart_errored``) is logged and ignored.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopped_early: set[str] = set()
+
+    # -- helpers ---------------------------------------------------------------
+    def _frozen(self, trial_id: str):
+        ot_trial = self._ot_trials[trial_id]
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    # -- Searcher API ----------------------------------------------------------
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id not in self._ot_trials:
+            return
+        if trial_id in self._completed_trials:
+            return
+        value = result.get(self.metric)
+        step = result.get(TRAINING_ITERATION)
+        if not _finite(value) or step is None:
+            return
+        try:
+            self._ot_trials[trial_id].report(float(value), int(step))
+        except Exception as exc:  # the study already finished it (before a restart)
+            logger.debug("not reporting %s step %s: %s", trial_id, step, exc)
+
+    def mark_stopped_early(self, trial_id: str, result: dict | None) -> None:
+        """Called by the scheduler when it stops ``trial_id`` before ``max_t``.
+
+        The stopping result itself is recorded as an intermediate value (Tune does not
+        pass a result that led to STOP to ``on_trial_result``).
+        """
+        self._stopped_early.add(trial_id)
+        if result is not None:
+            self.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        if trial_id not in self._ot_trials:
+            logger.warning("trial %s completed but was never suggested by this searcher; "
+                           "ignored (was it restarted with restart_errored?)", trial_id)
+            return
+        if trial_id in self._completed_trials:
+            return
+        frozen = self._frozen(trial_id)
+        if frozen.state.is_finished():  # told before a driver restart
+            self._completed_trials.add(trial_id)
+            return
+        state, value = trial_outcome(
+            metric=self.metric, mode=self.mode, result=result, error=error,
+            stopped_early=trial_id in self._stopped_early,
+            intermediate_values=dict(frozen.intermediate_values),
+        )
+        ot_state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
+                    "FAIL": TrialState.FAIL}[state]
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=ot_state)
+        except Exception as exc:
+            logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    # -- restore -----------------------------------------------------------------
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if not hasattr(self, "_stopped_early"):
+            self._stopped_early = set()
+        self.reconcile_with_study()
+
+    def reconcile_with_study(self) -> list[int]:
+        """After a restore: fail orphaned RUNNING study trials, mark finished ones.
+
+        Returns the Optuna trial numbers told FAIL.
+        """
+        from optuna.trial import TrialState
+
+        known = {t._trial_id for t in self._ot_trials.values()}
+        failed = []
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.state != TrialState.RUNNING or frozen._trial_id in known:
+                continue
+            self._ot_study._storage.set_trial_user_attr(
+                frozen._trial_id, "orphaned", "asked before a driver crash; never run")
+            self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+            failed.append(frozen.number)
+        for trial_id in list(self._ot_trials):
+            if self._frozen(trial_id).state.is_finished():
+                self._completed_trials.add(trial_id)
+        return failed
+
+
+def make_sampler(seed: int, multi_objective: bool):
+    """TPE with a seed; multivariate + group for the conditional spaces.
+
+    ``constant_liar`` keeps concurrent suggestions apart while earlier trials run.
+    """
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=10,
+        )
+
+
+def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[str],
+                   seed: int, study_storage: str, study_name: str) -> SeltuneOptunaSearch:
+    """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(study_storage)
+    multi = len(metrics) > 1
+    return SeltuneOptunaSearch(
+        space=SpaceFunction(space_dict),
+        metric=list(metrics) if multi else metrics[0],
+        mode=list(modes) if multi else modes[0],
+        sampler=make_sampler(seed, multi),
+        study_name=study_name,
+        storage=storage,
+    )
+
+
+# --------------------------------------------------------------------------- scheduler
+def _searcher_chain(tune_controller) -> list[Any]:
+    """The search algorithm and the searchers it wraps (ConcurrencyLimiter, ...)."""
+    chain = []
+    obj = getattr(tune_controller, "search_alg", None)
+    while obj is not None and len(chain) < 8:
+        chain.append(obj)
+        obj = getattr(obj, "searcher", None)
+    return chain
+
+
+def _notify_stopped(tune_controller, trial_id: str, result: dict | None) -> None:
+    for searcher in _searcher_chain(tune_controller):
+        if hasattr(searcher, "mark_stopped_early"):
+            searcher.mark_stopped_early(trial_id, result)
+
+
+class PersistentASHA(AsyncHyperBandScheduler):
+    """ASHA whose rung decisions are written to ``state_path`` and reloaded on restore.
+
+    Bookkeeping stays Ray's ``_Bracket``; this class adds persistence, the memory of
+    which trials were stopped (``stopped``: ``{trial_id: {"iteration", "value"}}``), and
+    the call that tells the searcher (:meth:`SeltuneOptunaSearch.mark_stopped_early`).
+    A trial that reaches ``max_t`` is stopped by ASHA too, but that is a full-fidelity
+    result, not an early stop.
+    """
+
+    def __init__(self, *, state_path: str | os.PathLike, **kwargs: Any) -> None:
+        kwargs.setdefault("brackets", 1)
+        super().__init__(**kwargs)
+        self._state_path = str(state_path)
+        self._stopped: dict[str, dict[str, Any]] = {}
+        self._loaded = False
+
+    # -- persistence -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "max_t": self._max_t,
+            "reduction_factor": self._reduction_factor,
+            "brackets": [
+                [[milestone, dict(recorded)] for milestone, recorded in b._rungs]
+                for b in self._brackets
+            ],
+            "stopped": self._stopped,
+            "num_stopped": self._num_stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("brackets", [])
+        if len(saved) != len(self._brackets):
+            raise ValueError(f"{self._state_path}: {len(saved)} brackets saved, "
+                             f"{len(self._brackets)} configured")
+        for bracket, rungs in zip(self._brackets, saved):
+            if [m for m, _ in rungs] != [m for m, _ in bracket._rungs]:
+                raise ValueError(f"{self._state_path}: saved rungs {[m for m, _ in rungs]} "
+                                 f"differ from {[m for m, _ in bracket._rungs]}")
+            bracket._rungs = [(m, {str(k): float(v) for k, v in rec.items()})
+                              for m, rec in rungs]
+        self._stopped = {str(k): v for k, v in state.get("stopped", {}).items()}
+        self._num_stopped = int(state.get("num_stopped", len(self._stopped)))
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = Path(self._state_path)
+        if path.is_file():
+            self.load_state_dict(json.loads(path.read_text()))
+
+    def _save(self) -> None:
+        path = Path(self._state_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".asha-", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.state_dict(), f)
+        os.replace(tmp, path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_loaded"] = False  # a restored copy re-reads the file on first use
+        return state
+
+    @property
+    def stopped_trials(self) -> dict[str, dict[str, Any]]:
+        self._ensure_loaded()
+        return dict(self._stopped)
+
+    # -- TrialScheduler API ------------------------------------------------------
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self._ensure_loaded()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self._ensure_loaded()
+        if trial.trial_id in self._stopped:  # brought back by a restore: stays stopped
+            _notify_stopped(tune_controller, trial.trial_id, None)
+            return TrialScheduler.STOP
+        action = super().on_trial_result(tune_controller, trial, result)
+        iteration = result.get(self._time_attr)
+        if action == TrialScheduler.STOP and iteration is not None and iteration < self._max_t:
+            self._stopped[trial.trial_id] = {
+                "iteration": int(iteration),
+                "value": result.get(self._metric),
+            }
+            _notify_stopped(tune_controller, trial.trial_id, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._ensure_loaded()
+        if trial.trial_id in self._stopped:
+            self._trial_info.pop(trial.trial_id, None)
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        self._ensure_loaded()
+        self._trial_info.pop(trial.trial_id, None)
+        self._save()
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        self._ensure_loaded()
+        for trial in tune_controller.get_trials():
+            if trial.trial_id in self._stopped and trial.status in (Trial.PENDING, Trial.PAUSED):
+                # Restored from a snapshot older than the stop decision: stop it again,
+                # and make sure the searcher records it as pruned.
+                _notify_stopped(tune_controller, trial.trial_id, None)
+                tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)
+
+
+def build_scheduler(scheduler: dict[str, Any], metric: str, mode: str,
+                    state_path: str | os.PathLike) -> TrialScheduler:
+    """ASHA (persistent) for ``{"kind": "asha", ...}``; FIFO for ``{"kind": "fifo"}``."""
+    if scheduler["kind"] == "fifo":
+        return FIFOScheduler()
+    return PersistentASHA(
+        state_path=state_path,
+        time_attr=TRAINING_ITERATION,
+        metric=metric,
+        mode=mode,
+        max_t=int(scheduler["max_t"]),
+        grace_period=int(scheduler["grace_period"]),
+        reduction_factor=float(scheduler["reduction_factor"]),
+    )

@@ -1,0 +1,483 @@
+"""``seltune sweep``: validate the inputs, create the experiment, run Tune.
+
+:func:`prepare_sweep` turns user options into a saved :class:`SweepSpec` (every error
+an :class:`InputError` before Ray starts); :func:`execute` runs it, fresh or restored
+(``seltune resume`` calls it with ``resume=True``). The driver writes the trial
+ledger (``seltune/trials.json``) through :class:`LedgerCallback` and shows progress
+through :class:`ProgressCallback` (on stderr, so ``--json`` keeps stdout clean).
+
+With no options at all (:data:`DEFAULT_SWEEP`), a sweep of the ``argse-selective``
+default space runs on the default synthetic bundle with a shortened schedule, a few
+minutes on two CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError
+from tuning.experiment import (
+    ASHA_FILE,
+    LEDGER_FILE,
+    SweepSpec,
+    create_experiment_dir,
+    default_study_storage,
+    load_ledger,
+    resolve_storage,
+    save_spec,
+    seltune_dir,
+    write_json,
+)
+from tuning.trainables import TRAINABLES, get_trainable
+
+#: Ray's bookkeeping keys that the ledger does not keep (it keeps the metrics).
+_RAY_KEYS = frozenset({
+    "episodes_total", "timesteps_total", "node_ip", "hostname", "pid", "time_this_iter_s",
+    "timestamp", "date", "time_since_restore", "timesteps_since_restore",
+    "iterations_since_restore", "config", "done", "trial_id", "experiment_tag",
+    "should_checkpoint",
+})
+
+#: The fixed overrides of the no-argument default sweep: a shortened schedule so that
+#: 12 trials finish in a few minutes on 2 CPUs (Stage A 2 epochs, 3 cycles of 2 epochs).
+DEFAULT_SWEEP_FIXED = {"stageA_epochs": 2, "cycles": 3, "b1_epochs": 2}
+DEFAULT_SWEEP_SAMPLES = 12
+
+
+@dataclass
+class SweepOptions:
+    """The options of ``seltune sweep`` (None = the default described in ``--help``)."""
+
+    trainable: str = "argse-selective"
+    data: str | None = None
+    space: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    metric: str = "worst_group_error"
+    mode: str | None = None
+    grace_period: int | None = None
+    max_t: int | None = None
+    reduction_factor: float | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    device: str = "auto"
+    address: str | None = None
+    num_cpus: int | None = None
+    storage: str | None = None
+    name: str | None = None
+    seed: int = 0
+    study_storage: str | None = None
+    max_failures: int = 2
+    overrides: list[str] = field(default_factory=list)
+    default_run: bool = False
+
+
+def parse_metrics(metric: str, mode: str | None) -> tuple[list[str], list[str]]:
+    """``"augrc,worst_group_error"`` + ``"min"`` -> metric and mode lists.
+
+    Modes default to each metric's direction; an explicit mode that contradicts a
+    metric's known direction is an error (it would optimise the wrong way).
+    """
+    from core.metrics.names import metric_direction
+
+    metrics = [m.strip() for m in str(metric).split(",") if m.strip()]
+    if not metrics:
+        raise InputError(field="--metric", value=metric, expected="a metric name")
+    if len(set(metrics)) != len(metrics):
+        raise InputError("repeated metric", field="--metric", value=metric,
+                         expected="distinct metric names")
+    directions = [metric_direction(m) for m in metrics]
+    if mode is None:
+        return metrics, directions
+    modes = [m.strip() for m in mode.split(",")]
+    if len(modes) == 1:
+        modes = modes * len(metrics)
+    if len(modes) != len(metrics) or any(m not in ("min", "max") for m in modes):
+        raise InputError(field="--mode", value=mode,
+                         expected=f"min or max (one, or one per metric: {len(metrics)})")
+    for m, md, d in zip(metrics, modes, directions):
+        if md != d:
+            raise InputError(f"{m} is a {d} metric", field="--mode", value=md, expected=d)
+    return metrics, modes
+
+
+def _load_space(spec: str, trainable: str, known: list[str]):
+    from search_spaces import SpaceError, load_space
+
+    try:
+        return load_space(spec, trainable=trainable, known_keys=known)
+    except SpaceError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _without(space, names: set[str], extra_fixed: dict[str, Any], source: str):
+    """``space`` with ``names`` removed from the search and fixed to ``extra_fixed``."""
+    from search_spaces import SearchSpace, SpaceError
+
+    try:
+        return SearchSpace(space.trainable, tuple(p for p in space.params if p.name not in names),
+                           {**space.fixed, **extra_fixed}).validate(source=source)
+    except SpaceError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _default_data(kind: str) -> str:
+    from core.synth import ensure_default_bundle
+
+    return str(ensure_default_bundle(kind))
+
+
+def load_checked_bundle(data: str, kind: str, trainable: str):
+    """Load the bundle at ``data`` and check it is the kind ``trainable`` reads."""
+    from core.bundles import load_bundle
+
+    path = Path(data)
+    if not path.exists():
+        raise InputError("no such bundle", file=path, expected="a bundle directory "
+                         "(see `seltune data`)")
+    bundle = load_bundle(path)
+    if getattr(bundle, "kind", None) != kind:
+        raise InputError(f"bundle is of kind {getattr(bundle, 'kind', '?')!r}", file=path,
+                         expected=f"a {kind} bundle for trainable {trainable}")
+    return bundle
+
+
+def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
+    """Validate ``opts``, load the data, create the experiment dir, save the spec.
+
+    Returns ``(spec, bundle)``. Raises InputError (nothing is created) on bad input.
+    """
+    from core.config import parse_overrides
+
+    info = get_trainable(opts.trainable)
+    metrics, modes = parse_metrics(opts.metric, opts.mode)
+    multi = len(metrics) > 1
+    for name, value, low in (("--num-samples", opts.num_samples, 1),
+                             ("--max-concurrent", opts.max_concurrent, 0),
+                             ("--max-failures", opts.max_failures, 0),
+                             ("--grace-period", opts.grace_period, 1),
+                             ("--max-t", opts.max_t, 1)):
+        if value is not None and value < low:
+            raise InputError(field=name, value=value, expected=f"an integer >= {low}")
+    if opts.reduction_factor is not None and not opts.reduction_factor > 1:
+        raise InputError(field="--reduction-factor", value=opts.reduction_factor,
+                         expected="a number > 1")
+    if not opts.cpus_per_trial > 0:
+        raise InputError(field="--cpus-per-trial", value=opts.cpus_per_trial,
+                         expected="a number > 0 (fractions allowed)")
+    if opts.gpus_per_trial < 0:
+        raise InputError(field="--gpus-per-trial", value=opts.gpus_per_trial,
+                         expected="a number >= 0 (fractions allowed, e.g. 0.25)")
+    if opts.device == "cuda" and opts.gpus_per_trial == 0:
+        raise InputError("trials get no GPU", field="--device", value="cuda",
+                         expected="--gpus-per-trial > 0 (or --device auto/cpu)")
+
+    known = info.config_fields()
+    space = _load_space(opts.space or info.name, info.name, known)
+    cli_fixed = parse_overrides(opts.overrides)
+    unknown = sorted(k for k in cli_fixed if k not in known)
+    if unknown:
+        raise InputError("unknown config key", file="--set", field=unknown[0],
+                         expected=f"one of {', '.join(sorted(known))}")
+    space = _without(space, set(cli_fixed), cli_fixed, source="--space + --set")
+    if len(space.params) == 0:
+        raise InputError("nothing left to search", field="--set", value=sorted(cli_fixed),
+                         expected="at least one searched parameter")
+    fixed = dict(space.fixed)
+    base_cfg = info.build_config(fixed, source="--space fixed + --set")  # fail fast
+
+    data = opts.data if opts.data is not None else _default_data(info.bundle_kind)
+    bundle = load_checked_bundle(data, info.bundle_kind, info.name)
+
+    full = info.expected_iterations(base_cfg)
+    max_t = opts.max_t or full
+    if multi:
+        scheduler = {"kind": "fifo", "max_t": max_t}
+    else:
+        grace = opts.grace_period or 1
+        if grace > max_t:
+            raise InputError(field="--grace-period", value=grace,
+                             expected=f"<= --max-t ({max_t})")
+        scheduler = {"kind": "asha", "grace_period": grace, "max_t": max_t,
+                     "reduction_factor": opts.reduction_factor or 3.0}
+    num_samples = opts.num_samples or (DEFAULT_SWEEP_SAMPLES if opts.default_run else 16)
+
+    storage = resolve_storage(opts.storage)
+    path = create_experiment_dir(storage, opts.name, info.name)
+    spec = SweepSpec(
+        name=path.name, storage=str(storage), trainable=info.name,
+        data=str(Path(data).resolve()), space=space.to_dict(),
+        space_source=opts.space or info.name, fixed=fixed, metrics=metrics, modes=modes,
+        num_samples=num_samples, max_concurrent=opts.max_concurrent or 0,
+        scheduler=scheduler, cpus_per_trial=float(opts.cpus_per_trial),
+        gpus_per_trial=float(opts.gpus_per_trial), device=opts.device, seed=int(opts.seed),
+        study_storage=opts.study_storage or default_study_storage(path),
+        study_name=path.name, max_failures=int(opts.max_failures),
+        address=opts.address or os.environ.get("RAY_ADDRESS") or "local",
+    )
+    save_spec(spec)
+    return spec, bundle
+
+
+# --------------------------------------------------------------------------- callbacks
+def _metrics_of(result: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in result.items():
+        if key in _RAY_KEYS:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, float, str)) or value is None:
+            out[key] = value
+    return out
+
+
+def _trial_config(trial) -> dict[str, Any]:
+    return {k: v for k, v in (trial.config or {}).items() if not k.startswith("__")}
+
+
+def _ray_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class LedgerCallback(_ray_callback_base()):
+    """Writes ``seltune/trials.json``: status, config and per-iteration results.
+
+    ``{"trials": {TRIAL_ID: {"trial_id", "status", "config", "dir", "iterations",
+    "error", "history": {ITERATION: {metric: value, ..., "checkpoint_dir_name"}}}},
+    "updated": UNIX_TIME}``. Written atomically on every result and state change
+    (throttled to twice a second for status-only changes), so it is readable at any
+    time and at most a moment behind after a crash. A restored sweep merges into the
+    existing ledger, keyed by iteration, so repeated iterations are not duplicated.
+    """
+
+    def __init__(self, experiment_dir: str) -> None:
+        self.experiment_dir = str(experiment_dir)
+        self._ledger: dict[str, Any] | None = None
+        self._last_write = 0.0
+        self._dirty = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"experiment_dir": self.experiment_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["experiment_dir"])
+
+    @property
+    def ledger(self) -> dict[str, Any]:
+        if self._ledger is None:
+            self._ledger = load_ledger(Path(self.experiment_dir))
+        return self._ledger
+
+    def _entry(self, trial) -> dict[str, Any]:
+        trials = self.ledger["trials"]
+        entry = trials.get(trial.trial_id)
+        if entry is None:
+            entry = trials[trial.trial_id] = {
+                "trial_id": trial.trial_id, "order": len(trials), "status": trial.status,
+                "config": {},
+                "dir": None, "iterations": 0, "error": None, "history": {},
+            }
+        entry["config"] = _trial_config(trial)
+        try:
+            entry["dir"] = Path(trial.storage.trial_fs_path).name
+        except Exception:  # storage not set up yet for a brand-new trial
+            pass
+        return entry
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < 0.5:
+            self._dirty = True
+            return
+        self.ledger["updated"] = time.time()
+        write_json(seltune_dir(Path(self.experiment_dir)) / LEDGER_FILE, self.ledger)
+        self._last_write = now
+        self._dirty = False
+
+    def _sync_statuses(self, trials) -> bool:
+        changed = False
+        for trial in trials:
+            entry = self._entry(trial)
+            if entry["status"] != trial.status:
+                entry["status"] = trial.status
+                changed = True
+        return changed
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        entry = self._entry(trial)
+        it = int(result.get("training_iteration", 0))
+        entry["history"][str(it)] = _metrics_of(result)
+        entry["iterations"] = max(int(entry.get("iterations", 0)), it)
+        entry["status"] = trial.status
+        self._write(force=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._entry(trial)["status"] = "TERMINATED"
+        self._sync_statuses([t for t in trials if t is not trial])
+        self._write(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        entry = self._entry(trial)
+        entry["status"] = "ERROR"
+        entry["error"] = str(getattr(trial, "error_file", None) or "error")
+        self._write(force=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self._sync_statuses(trials) or self._dirty:
+            self._write()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._sync_statuses(trials)
+        self._write(force=True)
+
+
+class ProgressCallback(_ray_callback_base()):
+    """A compact live table on stderr: one row per trial, refreshed at most every
+    ``interval`` seconds when something changed, plus a line per finished trial."""
+
+    def __init__(self, metric: str, extra: tuple[str, ...] = ("augrc",),
+                 interval: float = 10.0, total: int | None = None) -> None:
+        self.metric = metric
+        self.extra = tuple(m for m in extra if m != metric)
+        self.interval = interval
+        self.total = total
+        self._last = 0.0
+        self._changed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"metric": self.metric, "extra": self.extra, "interval": self.interval,
+                "total": self.total}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def _print(self, trials) -> None:
+        from tuning.cli.output import print_table
+
+        rows = []
+        for t in trials:
+            r = t.last_result or {}
+            rows.append([t.trial_id, t.status, r.get("training_iteration"),
+                         r.get(self.metric), *[r.get(m) for m in self.extra]])
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        title = f"trials: {done}/{self.total or len(trials)} finished"
+        print_table(title, ["trial", "status", "iter", self.metric, *self.extra], rows,
+                    stderr=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._changed = True
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        r = trial.last_result or {}
+        value = r.get(self.metric)
+        text = "-" if value is None else f"{value:.4f}"
+        print(f"[seltune] trial {trial.trial_id} finished after {r.get('training_iteration')} "
+              f"iteration(s): {self.metric}={text}", file=sys.stderr, flush=True)
+        self._changed = True
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        print(f"[seltune] trial {trial.trial_id} failed (see its error.txt)",
+              file=sys.stderr, flush=True)
+        self._changed = True
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if self._changed and now - self._last >= self.interval:
+            self._print(trials)
+            self._last = now
+            self._changed = False
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._changed:
+            self._print(trials)
+
+
+# --------------------------------------------------------------------------- running
+def trial_dirname(trial) -> str:
+    """``trial_<id>``: short, unique, and free of the sampled values."""
+    return f"trial_{trial.trial_id}"
+
+
+def _env_for_tune() -> None:
+    # Snapshot the experiment state every second (Ray's default adapts up to minutes),
+    # so a killed driver loses little; the searcher/ledger/ASHA files cover the rest.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Tune's console output is replaced by ProgressCallback.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
+            num_cpus: int | None = None, progress_interval: float = 10.0) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the sweep ``spec`` on Ray; return its status.
+
+    The data bundle is loaded here once if not given, and shipped to trials through
+    the object store.
+    """
+    from ray import tune
+
+    from tuning.ray_runtime import ray_session
+    from tuning.searcher import build_scheduler, build_searcher
+    from tuning.status import experiment_status
+    from tuning.trainables import build_trainable
+
+    _env_for_tune()
+    info = TRAINABLES[spec.trainable]
+    if bundle is None:
+        bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
+    path = spec.path
+    with ray_session(spec.address, num_cpus=num_cpus):
+        trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
+                                    cpus_per_trial=spec.cpus_per_trial,
+                                    gpus_per_trial=spec.gpus_per_trial)
+        if resume:
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, restart_errored=False)
+        else:
+            searcher = build_searcher(spec.space, spec.metrics, spec.modes, spec.seed,
+                                      spec.study_storage, spec.study_name)
+            scheduler = build_scheduler(spec.scheduler, spec.metric, spec.mode,
+                                        seltune_dir(path) / ASHA_FILE)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=spec.num_samples,
+                    max_concurrent_trials=spec.max_concurrent or None,
+                    reuse_actors=True,
+                    trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=spec.storage,
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    # Keep every checkpoint: export picks the best one afterwards, and a
+                    # num_to_keep forces an experiment snapshot per few checkpoints.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                    callbacks=[LedgerCallback(str(path)),
+                               ProgressCallback(spec.metric, interval=progress_interval,
+                                                total=spec.num_samples)],
+                    verbose=0,
+                ),
+            )
+        tuner.fit()
+    return experiment_status(path)
+
+
+def run_sweep(opts: SweepOptions, *, progress_interval: float = 10.0) -> dict[str, Any]:
+    spec, bundle = prepare_sweep(opts)
+    print(f"[seltune] experiment {spec.path} ({spec.trainable}, {spec.num_samples} trials, "
+          f"metric {','.join(spec.metrics)} {','.join(spec.modes)})", file=sys.stderr,
+          flush=True)
+    return execute(spec, bundle, num_cpus=opts.num_cpus, progress_interval=progress_interval)
+

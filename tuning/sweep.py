@@ -423,17 +423,31 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     The data bundle is loaded here once if not given, and shipped to trials through
     the object store.
     """
-    from ray import tune
-
-    from tuning.ray_runtime import ray_session
-    from tuning.searcher import build_scheduler, build_searcher
+    from tuning.resume import claim_driver, release_driver
     from tuning.status import experiment_status
-    from tuning.trainables import build_trainable
 
     _env_for_tune()
     info = TRAINABLES[spec.trainable]
     if bundle is None:
         bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
+    path = spec.path
+    claim_driver(path)
+    try:
+        _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
+             progress_interval=progress_interval)
+    finally:
+        release_driver(path)
+    return experiment_status(path)
+
+
+def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
+         progress_interval: float) -> None:
+    from ray import tune
+
+    from tuning.ray_runtime import ray_session
+    from tuning.searcher import build_scheduler, build_searcher
+    from tuning.trainables import build_trainable
+
     path = spec.path
     with ray_session(spec.address, num_cpus=num_cpus):
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
@@ -471,7 +485,6 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
                 ),
             )
         tuner.fit()
-    return experiment_status(path)
 
 
 def run_sweep(opts: SweepOptions, *, progress_interval: float = 10.0) -> dict[str, Any]:

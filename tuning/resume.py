@@ -1,0 +1,93 @@
+"""``seltune resume EXPERIMENT``: continue a sweep whose driver died or was interrupted.
+
+What is kept, and how:
+
+- **Trials**: ``Tuner.restore`` brings back every trial of Ray's last experiment
+  snapshot (taken every second, see ``TUNE_GLOBAL_CHECKPOINT_S`` in
+  :mod:`tuning.sweep`); unfinished ones continue from their last checkpoint
+  (``resume_unfinished``); errored ones are retried from their last checkpoint with
+  ``resume_errored`` (``restart_errored`` would hand OptunaSearch a trial id it never
+  suggested and crash the driver). The search generator's trial counter is part of the
+  snapshot, so the sweep ends at exactly ``num_samples`` trials.
+- **Optuna history**: the study lives in its RDB storage; the searcher's own state is
+  restored from the snapshot and reconciled with the study
+  (:meth:`SeltuneOptunaSearch.reconcile_with_study`): trials asked after the snapshot
+  and never run are told FAIL, finished ones are not told again.
+- **ASHA's rung decisions**: reloaded from ``seltune/asha_state.json``
+  (:class:`tuning.searcher.PersistentASHA`); a trial that was stopped stays stopped
+  even if Ray's snapshot still had it RUNNING.
+
+A lock file (``seltune/driver.json``) with the driver's pid refuses a resume while the
+original driver is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError
+from tuning.experiment import find_experiment, load_spec, read_json, seltune_dir, write_json
+
+DRIVER_FILE = "driver.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (dead, not yet reaped by its parent) is not a running driver.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def claim_driver(experiment_dir: Path) -> None:
+    """Record this process as the experiment's driver; refuse if another one lives."""
+    path = seltune_dir(experiment_dir) / DRIVER_FILE
+    if path.is_file():
+        info = read_json(path)
+        pid = int(info.get("pid", -1))
+        if pid != os.getpid() and pid > 0 and _alive(pid) and info.get("host") == os.uname().nodename:
+            raise InputError(f"a driver (pid {pid}) is still running this sweep",
+                             file=experiment_dir,
+                             expected="wait for it, or stop it first (it can be resumed)")
+    write_json(path, {"pid": os.getpid(), "host": os.uname().nodename})
+
+
+def release_driver(experiment_dir: Path) -> None:
+    (seltune_dir(experiment_dir) / DRIVER_FILE).unlink(missing_ok=True)
+
+
+def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None = None,
+           address: str | None = None) -> dict[str, Any]:
+    """Continue the sweep; returns its final status (see :mod:`tuning.status`)."""
+    from ray import tune
+
+    from tuning.status import experiment_status
+    from tuning.sweep import execute
+
+    path = find_experiment(experiment, storage)
+    spec = load_spec(path)
+    if address:
+        spec.address = address
+    if not tune.Tuner.can_restore(str(path)):
+        raise InputError("the sweep never got far enough to be resumed (no tuner.pkl)",
+                         file=path, expected="an experiment started by `seltune sweep`; "
+                         "start a new sweep instead")
+    status = experiment_status(path, spec)
+    finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
+    if finished >= spec.num_samples:
+        print(f"[seltune] {spec.name}: all {spec.num_samples} trials already finished",
+              file=sys.stderr)
+        return status
+    print(f"[seltune] resuming {path} ({finished}/{spec.num_samples} trials finished)",
+          file=sys.stderr, flush=True)
+    return execute(spec, resume=True, num_cpus=num_cpus)

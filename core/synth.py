@@ -252,7 +252,8 @@ def synth_argse_bundle(
     names = _check_experts(experts)
     bounds = check_group_boundaries(group_boundaries)
     counts = longtail_counts(classes, imbalance, n_max)
-    class_to_group = class_to_group_from_counts(counts, bounds, source="synth")
+    class_to_group = class_to_group_from_counts(
+        counts, bounds, source=f"synth(classes={classes}, imbalance={imbalance:g})")
 
     rng = np.random.default_rng(seed)
     n_roots = min(classes, max(1, int(round(root_fraction * classes))))
@@ -325,7 +326,8 @@ def digits_longtail_bundle(
                          "(images in the smallest digit class)")
     names = _check_experts(experts)
     bounds = check_group_boundaries(group_boundaries)
-    class_to_group = class_to_group_from_counts(counts, bounds, source="digits")
+    class_to_group = class_to_group_from_counts(
+        counts, bounds, source=f"digits(imbalance={imbalance:g})")
 
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in range(4)]

@@ -1,0 +1,245 @@
+"""``seltune data synth|import|inspect|extract-features``: make and look at bundles.
+
+* ``synth --kind argse``: CIFAR-100-LT-shaped expert-logit bundle with three trained
+  experts (``core.synth.synth_argse_bundle``); ``--kind digits``: the long-tailed
+  scikit-learn ``digits`` example (real images, bundled, no download);
+  ``--kind stage1``: the binary feature bundle for the Stage-1 exit gate.
+* ``import --kind argse|stage1 --from DIR``: the layouts of ``core.importers``.
+* ``inspect BUNDLE``: splits, shapes, class counts, groups and per-expert accuracy /
+  balanced accuracy / worst-group accuracy / per-group accuracy on every split.
+* ``extract-features``: registered by ``tuning.cli.extract_features`` when present.
+
+Notes go to stderr; ``--json`` prints exactly one object on stdout. Heavy imports
+(numpy, torch, pyarrow) happen inside the command functions so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from typing import Any
+
+from core.errors import InputError
+
+SYNTH_KINDS = ("argse", "stage1", "digits")
+IMPORT_KINDS = ("argse", "stage1")
+
+
+def _int_list(text: str, field: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise InputError(field=field, value=text,
+                         expected="comma-separated integers, e.g. 20 or 20,100")
+    return values
+
+
+def _name_list(text: str, field: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise InputError(field=field, value=text, expected="comma-separated names")
+    return names
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make, import and inspect data bundles",
+                          description=__doc__.split("\n\n")[0])
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    p = dsub.add_parser(
+        "synth", help="build a synthetic (or the digits example) bundle with trained experts",
+        description="Build a bundle: --kind argse (CIFAR-100-LT-shaped, three trained "
+        "experts), digits (long-tailed scikit-learn digits, real images), stage1 "
+        "(binary feature bundle with a hard subgroup and label noise).",
+    )
+    p.add_argument("--kind", choices=SYNTH_KINDS, default="argse")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--classes", type=int, default=None,
+                   help="number of classes C (argse only; default 100)")
+    p.add_argument("--imbalance", type=float, default=None,
+                   help="largest/smallest training class (argse: default 100, digits: 50)")
+    p.add_argument("--experts", default=None,
+                   help="comma-separated expert losses (argse, digits; default "
+                   "ce,logit_adjust,balanced_softmax)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-boundaries", default=None,
+                   help="comma-separated training-count boundaries of the groups "
+                   "(default 20: tail = classes with <= 20 samples; 20,100 gives K=3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run_synth)
+
+    p = dsub.add_parser(
+        "import", help="import the AR-GSE logit layout or Stage-1 .npz files",
+        description="argse: DIR/<expert>/<split>_logits.{npy,npz,pt} [N, C], "
+        "DIR/<split>_labels.{npy,npz,pt} [N], DIR/class_counts.json (list of C counts), "
+        "splits tunev, val, test. stage1: DIR/<split>.npz with features [N, D], labels "
+        "[N], optional group [N] and path [N], splits train, val, test.",
+    )
+    p.add_argument("--kind", choices=IMPORT_KINDS, required=True)
+    p.add_argument("--from", dest="src", required=True, metavar="DIR",
+                   help="directory in the layout above")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--group-boundaries", default=None,
+                   help="argse: comma-separated count boundaries (default 20)")
+    p.add_argument("--experts", default=None,
+                   help="argse: expert sub-directories to use, in order (default: all, sorted)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run_import)
+
+    p = dsub.add_parser(
+        "inspect", help="splits, shapes, groups and per-expert accuracies of a bundle",
+        description="Show a bundle: splits, shapes, class counts, groups and, for an "
+        "expert-logit bundle, each expert's accuracy, balanced accuracy, worst-group "
+        "accuracy and per-group (head/tail) accuracy on every split.",
+    )
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run_inspect)
+
+    # The Stage-1 feature extractor registers its own parser under `data`.
+    if importlib.util.find_spec("tuning.cli.extract_features") is not None:
+        importlib.import_module("tuning.cli.extract_features").register(dsub)
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def _reject(args: argparse.Namespace, names: tuple[str, ...], kind: str) -> None:
+    for name in names:
+        if getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(field=flag, value=getattr(args, name),
+                             expected=f"no {flag} with --kind {kind}")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from core.atomic import check_output_path
+
+    check_output_path(args.out, args.overwrite)  # fail before spending seconds on synth
+    t0 = time.perf_counter()
+    from core import synth
+
+    kwargs: dict[str, Any] = {"seed": args.seed}
+    if args.kind in ("argse", "digits"):
+        if args.experts is not None:
+            kwargs["experts"] = _name_list(args.experts, "--experts")
+        if args.group_boundaries is not None:
+            kwargs["group_boundaries"] = _int_list(args.group_boundaries, "--group-boundaries")
+        if args.imbalance is not None:
+            kwargs["imbalance"] = args.imbalance
+    if args.kind == "argse":
+        if args.classes is not None:
+            kwargs["classes"] = args.classes
+        _note(f"seltune data synth: training {len(kwargs.get('experts', synth.DEFAULT_EXPERTS))} "
+              "experts on a long-tailed training set...")
+        bundle = synth.synth_argse_bundle(**kwargs)
+    elif args.kind == "digits":
+        _reject(args, ("classes",), "digits")
+        _note("seltune data synth: training experts on long-tailed scikit-learn digits...")
+        bundle = synth.digits_longtail_bundle(**kwargs)
+    else:
+        _reject(args, ("classes", "imbalance", "experts", "group_boundaries"), "stage1")
+        bundle = synth.synth_stage1_bundle(**kwargs)
+    return _save_and_report(bundle, args, time.perf_counter() - t0, "synth")
+
+
+def _save_and_report(bundle, args: argparse.Namespace, seconds: float, verb: str) -> int:
+    from core.bundles import load_bundle, save_bundle
+
+    out = save_bundle(bundle, args.out, overwrite=args.overwrite)
+    saved = load_bundle(out)
+    rows = ", ".join(f"{k}={len(v)}" for k, v in saved.splits.items())
+    _note(f"seltune data {verb}: wrote {out} ({saved.kind}, {rows}; {seconds:.1f} s)")
+    _show(saved, args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------- import
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from core.atomic import check_output_path
+
+    check_output_path(args.out, args.overwrite)
+    t0 = time.perf_counter()
+    from core import importers
+
+    if args.kind == "argse":
+        kwargs: dict[str, Any] = {}
+        if args.group_boundaries is not None:
+            kwargs["group_boundaries"] = _int_list(args.group_boundaries, "--group-boundaries")
+        if args.experts is not None:
+            kwargs["experts"] = _name_list(args.experts, "--experts")
+        bundle = importers.import_argse_dir(args.src, **kwargs)
+    else:
+        _reject(args, ("group_boundaries", "experts"), "stage1")
+        bundle = importers.import_stage1_dir(args.src)
+    return _save_and_report(bundle, args, time.perf_counter() - t0, "import")
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from core.bundles import load_bundle
+
+    _show(load_bundle(args.bundle), args.json)
+    return 0
+
+
+def _show(bundle, as_json: bool) -> None:
+    from core.data_stats import bundle_summary
+    from tuning.cli.output import console, print_json, print_table
+
+    summary = bundle_summary(bundle)
+    if as_json:
+        print_json(summary)
+        return
+    out = console()
+    out.print(f"[bold]{summary['path'] or '<in memory>'}[/bold]: kind {summary['kind']}, "
+              f"{summary['num_classes']} classes")
+    if summary["kind"] == "argse":
+        names = summary["group_names"]
+        out.print(f"experts: {', '.join(summary['experts'])}")
+        out.print(f"training samples: {sum(summary['class_counts'])} "
+                  f"(largest class {max(summary['class_counts'])}, "
+                  f"smallest {min(summary['class_counts'])})")
+        groups = "; ".join(
+            f"{n}: {c} classes, {s} training samples"
+            for n, c, s in zip(names, summary["classes_per_group"],
+                               summary["training_samples_per_group"], strict=True))
+        out.print(f"groups (boundaries {summary['group_boundaries']}): {groups}")
+        for split, info in summary["splits"].items():
+            rows = [
+                [e, m["accuracy"], m["balanced_accuracy"], m["worst_group_accuracy"],
+                 *m["group_accuracy"]]
+                for e, m in info["experts"].items()
+            ]
+            print_table(
+                f"{split}: n={info['n']}, logits {info['shape']}, top-1 accuracy",
+                ["expert", "acc", "bal. acc", "worst grp", *names],
+                rows,
+            )
+    else:
+        out.print(f"feature dim: {summary['feature_dim']}")
+        gnames = summary.get("group_names")
+        rows = []
+        for split, info in summary["splits"].items():
+            gc = info.get("group_counts")
+            groups = "-" if gc is None else ", ".join(
+                f"{gnames[g] if gnames and g < len(gnames) else g}={n}" for g, n in enumerate(gc))
+            rows.append([split, info["n"], str(info["label_counts"]), groups])
+        print_table("splits", ["split", "n", "label counts", "group counts"], rows)
+
+
+__all__ = ["register", "run_synth", "run_import", "run_inspect"]

@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -436,7 +436,8 @@ def _wait_ready(nodes: list[NodeInfo], timeout_s: float) -> None:
 def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
        directory: str | Path | None = None, port: int | None = None,
        dashboard: bool = False, auth_mode: str = "token", object_store_mb: int = 200,
-       timeout_s: float = 180.0) -> ClusterState:
+       timeout_s: float = 180.0,
+       wrap_node: Callable[[int, list[str]], list[str]] | None = None) -> ClusterState:
     """Start a head and ``nodes - 1`` workers on this machine; return the saved state.
 
     Args:
@@ -450,6 +451,10 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
         auth_mode: ``token`` (default; what Ray >= 2.60 does) or ``disabled``.
         object_store_mb: object store size of each node, MiB.
         timeout_s: how long to wait for every node to come up.
+        wrap_node: ``(index, command) -> command`` to run a node's ``ray start`` inside
+            another program that ``exec``s it (so the pid stays the node's leader),
+            e.g. ``unshare -m ...`` to give one node a private view of a directory
+            in the storage tests.
 
     Raises:
         InputError: bad arguments, or a live cluster already recorded in ``directory``.
@@ -512,6 +517,8 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
                                 port=gcs_port, cpus=cpus_per_node, gpus=gpus_per_node,
                                 temp_dir=temp_dir, object_store_mb=object_store_mb,
                                 dashboard_port=dashboard_port)
+            if wrap_node is not None:
+                cmd = list(wrap_node(index, cmd))
             log = logs / f"node-{index}.log"
             proc = _spawn(cmd, node_env, log)
             stat = _proc_stat(proc.pid)

@@ -115,13 +115,12 @@ def _load_space(spec: str, trainable: str, known: list[str]):
         raise InputError(str(exc)) from None
 
 
-def _without(space, names: set[str], extra_fixed: dict[str, Any], source: str):
-    """``space`` with ``names`` removed from the search and fixed to ``extra_fixed``."""
-    from search_spaces import SearchSpace, SpaceError
+def _with_fixed(space, extra_fixed: dict[str, Any], source: str):
+    """``space`` with the ``extra_fixed`` keys removed from the search and fixed."""
+    from search_spaces import SpaceError
 
     try:
-        return SearchSpace(space.trainable, tuple(p for p in space.params if p.name not in names),
-                           {**space.fixed, **extra_fixed}).validate(source=source)
+        return space.with_fixed(extra_fixed, source=source)
     except SpaceError as exc:
         raise InputError(str(exc)) from None
 
@@ -184,7 +183,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if unknown:
         raise InputError("unknown config key", file="--set", field=unknown[0],
                          expected=f"one of {', '.join(sorted(known))}")
-    space = _without(space, set(cli_fixed), cli_fixed, source="--space + --set")
+    space = _with_fixed(space, cli_fixed, source="--space + --set")
     if len(space.params) == 0:
         raise InputError("nothing left to search", field="--set", value=sorted(cli_fixed),
                          expected="at least one searched parameter")

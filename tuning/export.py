@@ -1,0 +1,222 @@
+"""``seltune export EXPERIMENT --out DIR``: the winner as files the training code loads.
+
+Written atomically into ``DIR``::
+
+    best_config.json   the full config of the best trial (fixed + sampled values);
+                       ``seltune train TRAINABLE --config best_config.json`` re-runs it
+    checkpoint/        the best trial's best checkpoint in the trainable's own format:
+                       AR-GSE: gating_selective.ckpt | gating_pretrained.ckpt,
+                       trainer_state.pt, selective_training_logs.json;
+                       Stage-1: stage1_head.pth, calibrator_*.pth, gate_calibration.json,
+                       config.json (the trial's last checkpoint, finished exactly as
+                       ``train_stage1`` finishes a run: best epoch + calibrators)
+    metrics.json       {"val", "test", "baselines": {"val", "test"}, "config",
+                       "checkpoint", "trial_id", "iteration", "selection"}: the
+                       ``train --json`` shape, recomputed from ``checkpoint/`` with the
+                       core evaluation functions (``seltune evaluate`` gives the same)
+    pareto.json        multi-objective sweeps: the Pareto front (trial, config, values),
+                       with each front trial's checkpoint in pareto/<trial_id>/
+    report.html        self-contained report (images embedded), PNGs in report/
+
+Selection: among trials that ran to their end (if any did, else all trials), the
+(trial, iteration) with the best value of ``--metric`` over every reported iteration,
+on the validation side; ``test`` is read only here, after the choice. For Stage-1 the
+checkpoint is the chosen trial's last one (its training already keeps its best epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError
+from tuning.experiment import SweepSpec, find_experiment, load_ledger, load_spec
+from tuning.status import best_iteration, experiment_status
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def select_best(status: dict[str, Any], ledger: dict[str, Any], metric: str,
+                mode: str) -> tuple[str, int, dict[str, Any]]:
+    """``(trial_id, iteration, metrics)`` of the best checkpointed result (module doc)."""
+    by_id = {t["trial_id"]: t for t in status["trials"]}
+    finished = [tid for tid, t in by_id.items() if t["status"] == "TERMINATED"]
+    pool = finished or list(by_id)
+    best = None
+    for tid in pool:
+        history = {k: v for k, v in ledger["trials"][tid].get("history", {}).items()
+                   if v.get("checkpoint_dir_name")}
+        found = best_iteration(history, metric, mode)
+        if found is None:
+            continue
+        value = found[1][metric]
+        if best is None or (value < best[0] if mode == "min" else value > best[0]):
+            best = (value, tid, found[0], found[1])
+    if best is None:
+        raise InputError(f"no trial reported {metric} with a checkpoint yet",
+                         file=status["path"], expected="a sweep with at least one result")
+    return best[1], best[2], best[3]
+
+
+def _trial_checkpoint(experiment: Path, entry: dict[str, Any], iteration: int) -> Path:
+    name = entry["history"][str(iteration)]["checkpoint_dir_name"]
+    path = experiment / (entry.get("dir") or f"trial_{entry['trial_id']}") / name
+    if not path.is_dir():
+        raise InputError("checkpoint directory is missing", file=path,
+                         expected="the trial's checkpoint written by the sweep")
+    return path
+
+
+def _last_checkpoint_iteration(entry: dict[str, Any]) -> int:
+    its = [int(k) for k, v in entry.get("history", {}).items() if v.get("checkpoint_dir_name")]
+    return max(its)
+
+
+def full_config(spec: SweepSpec, trial_config: dict[str, Any]) -> dict[str, Any]:
+    """Fixed + sampled values, built into the trainable's config (defaults filled in)."""
+    from core.config import config_to_dict
+    from tuning.trainables import TRAINABLES
+
+    info = TRAINABLES[spec.trainable]
+    return config_to_dict(info.build_config({**spec.fixed, **trial_config},
+                                            source="best trial config"))
+
+
+def materialise_checkpoint(spec: SweepSpec, bundle: Any, src: Path, config: dict[str, Any],
+                           dest: Path, device: str) -> Path:
+    """Write the trainable's own checkpoint format for trial checkpoint ``src`` into ``dest``."""
+    if spec.trainable == "stage1":
+        from core.stage1 import Stage1Config, train_stage1
+        from core.config import config_from_dict
+
+        cfg = config_from_dict(Stage1Config, config, source="best trial config")
+        # Resuming from the trial's last checkpoint trains nothing more when the trial
+        # ran to its end; it selects the best epoch and fits the calibrators, exactly
+        # as the end of an uninterrupted `train_stage1` does.
+        result = train_stage1(cfg, bundle, None, resume_from=src, device=device)
+        result.save(dest)
+        return dest
+    shutil.copytree(src, dest)
+    return dest
+
+
+_FITTED: dict[int, Any] = {}
+
+
+def fitted_baselines(bundle):
+    """``core.argse.baselines.fit_baselines(bundle)``, once per bundle object per process
+    (the plug-in fits are the slow part of an export)."""
+    from core.argse.baselines import fit_baselines
+
+    key = id(bundle)
+    if key not in _FITTED:
+        _FITTED.clear()
+        _FITTED[key] = fit_baselines(bundle)
+    return _FITTED[key]
+
+
+def checkpoint_metrics(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
+                       config: dict[str, Any]) -> dict[str, Any]:
+    """The ``train --json`` shape, recomputed from the checkpoint at ``ckpt``."""
+    splits = [s for s in ("val", "test") if s in bundle.splits or spec.trainable == "stage1"]
+    if spec.trainable == "stage1":
+        from core.stage1 import evaluate_checkpoint
+
+        out: dict[str, Any] = {"baselines": {}}
+        for split in ("val", "test"):
+            if split == "test" and "test" not in bundle.splits:
+                continue
+            r = evaluate_checkpoint(ckpt, bundle, split, device)
+            out[split] = r["metrics"]
+            out["baselines"][split] = r["baselines"]
+    else:
+        from core.argse import load_predictor, model_metrics
+        from core.argse.baselines import baseline_metrics
+
+        predictor = load_predictor(ckpt, device)
+        out = {s: model_metrics(predictor, bundle, s) for s in splits}
+        fitted = fitted_baselines(bundle)
+        out["baselines"] = {s: baseline_metrics(bundle, s, out[s]["coverage"], fitted)
+                            for s in splits}
+    out["config"] = config
+    return out
+
+
+def export(experiment: str, out: str, *, metric: str | None = None, mode: str | None = None,
+           storage: str | None = None, device: str = "cpu",
+           overwrite: bool = False) -> dict[str, Any]:
+    """Export the best trial of ``experiment`` into ``out`` (module docstring)."""
+    from core.atomic import atomic_dir, check_output_path
+    from tuning.cli.output import to_jsonable
+    from tuning.sweep import load_checked_bundle, parse_metrics
+    from tuning.trainables import TRAINABLES
+
+    path = find_experiment(experiment, storage)
+    spec = load_spec(path)
+    out_path = check_output_path(out, overwrite)
+    metrics, modes = parse_metrics(metric or spec.metric,
+                                   mode if (metric is not None or mode is not None) else spec.mode)
+    if len(metrics) != 1:
+        raise InputError(field="--metric", value=metric, expected="one metric to select by")
+    sel_metric, sel_mode = metrics[0], modes[0]
+    status = experiment_status(path, spec)
+    ledger = load_ledger(path)
+    trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode)
+    entry = ledger["trials"][trial_id]
+    if spec.trainable == "stage1":
+        iteration = _last_checkpoint_iteration(entry)
+    info = TRAINABLES[spec.trainable]
+    bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
+    config = full_config(spec, entry.get("config", {}))
+
+    with atomic_dir(out_path, overwrite=overwrite) as tmp:
+        ckpt = materialise_checkpoint(spec, bundle, _trial_checkpoint(path, entry, iteration),
+                                      config, tmp / "checkpoint", device)
+        result = checkpoint_metrics(spec, bundle, ckpt, device, config)
+        final_ckpt = out_path.resolve() / "checkpoint"
+        if spec.trainable != "stage1":
+            final_ckpt = final_ckpt / info.checkpoint_file
+        result["checkpoint"] = str(final_ckpt)
+        result["trial_id"] = trial_id
+        result["iteration"] = iteration
+        result["selection"] = {"metric": sel_metric, "mode": sel_mode,
+                               "value": best_metrics.get(sel_metric),
+                               "experiment": str(path)}
+        (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "metrics.json").write_text(
+            json.dumps(to_jsonable(result), indent=2, allow_nan=False))
+        pareto = None
+        if spec.multi_objective:
+            pareto = _export_pareto(spec, status, ledger, path, bundle, tmp, device)
+        from tuning.report import write_report
+
+        write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
+                     bundle=bundle, checkpoint=ckpt, device=device, pareto=pareto,
+                     metric=sel_metric, mode=sel_mode)
+    return {"out": str(out_path.resolve()), "metrics": result, "trial_id": trial_id,
+            "iteration": iteration, "pareto": pareto}
+
+
+def _export_pareto(spec, status, ledger, path: Path, bundle, tmp: Path,
+                   device: str) -> list[dict[str, Any]]:
+    front = []
+    by_id = {t["trial_id"]: t for t in status["trials"]}
+    for tid in status.get("pareto", []):
+        entry = ledger["trials"][tid]
+        it = _last_checkpoint_iteration(entry)
+        config = full_config(spec, entry.get("config", {}))
+        dest = tmp / "pareto" / tid
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        materialise_checkpoint(spec, bundle, _trial_checkpoint(path, entry, it), config,
+                               dest, device)
+        front.append({"trial_id": tid, "iteration": it, "config": config,
+                      "values": {m: by_id[tid]["metrics"].get(m) for m in spec.metrics},
+                      "checkpoint": f"pareto/{tid}"})
+    (tmp / "pareto.json").write_text(json.dumps({"metrics": spec.metrics, "modes": spec.modes,
+                                                 "front": front}, indent=2, default=str))
+    return front

@@ -75,6 +75,10 @@ _READY_LINE = "Ray runtime started"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+# Popen objects of nodes started by this process, so their exit is reaped (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
 class ClusterError(SeltuneError):
     """The local cluster could not be started, found or stopped."""
 
@@ -164,9 +168,15 @@ def _is_running(stat: tuple[str, int, int, int, int] | None) -> bool:
 
 
 def _reap(pid: int) -> None:
-    """Collect an exited child of this process (if it is one) so it leaves no zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    """Collect an exited node leader started by this process, so it leaves no zombie.
+
+    Only leaders this module spawned (kept in ``_CHILDREN``) are reaped, through their
+    Popen object, so a caller's own ``Popen.wait`` never loses an exit status; any
+    other zombie simply counts as dead (see :func:`_is_running`).
+    """
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        proc.poll()
 
 
 def node_alive(node: NodeInfo) -> bool:
@@ -542,10 +552,6 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
         raise
     save_state(state)
     return state
-
-
-# Popen objects of nodes started by this process, so their exit is reaped (no zombies).
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 def kill_node(state: ClusterState, index: int) -> list[int]:

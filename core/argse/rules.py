@@ -35,9 +35,14 @@ def hard_accept(eta, alpha, mu, t, class_to_group, variant: MarginVariant) -> to
     return m > t[class_to_group[pred]]
 
 
-def _normalise_alpha(alpha: torch.Tensor, alpha_min: float, alpha_max: float) -> torch.Tensor:
-    alpha = alpha.clamp_min(alpha_min)
-    log_a = alpha.log()
+def _normalise_alpha(alpha: torch.Tensor, alpha_min: float, alpha_max: float,
+                     floor_first: bool = True) -> torch.Tensor:
+    """Geometric mean 1, then clamp. ``floor_first`` (the seed's order) clamps at
+    ``alpha_min`` before normalising, which is right for alphas already near 1 but would
+    flatten the paper's absolute ``K P(accept, G_k)`` values, so that variant skips it."""
+    if floor_first:
+        alpha = alpha.clamp_min(alpha_min)
+    log_a = alpha.clamp_min(1e-12).log()
     alpha = torch.exp(log_a - log_a.mean())  # geometric mean 1
     return alpha.clamp(min=alpha_min, max=alpha_max)
 
@@ -75,7 +80,8 @@ def update_alpha_paper(eta, label_groups, alpha, mu, t, class_to_group, num_grou
     for _ in range(steps):
         acc = hard_accept(eta, alpha, mu, t, class_to_group, variant).to(eta.dtype)
         joint = (onehot * acc.unsqueeze(1)).sum(0) / n
-        alpha = _normalise_alpha(num_groups * joint + ALPHA_EPS, alpha_min, alpha_max)
+        alpha = _normalise_alpha(num_groups * joint + ALPHA_EPS, alpha_min, alpha_max,
+                                 floor_first=False)
     return alpha
 
 

@@ -282,7 +282,7 @@ def _check_finite(values: np.ndarray, source: Any, name: str) -> None:
     if not np.isfinite(values).all():
         bad = np.argwhere(~np.isfinite(values))[0]
         raise InputError(
-            f"non-finite value {values[tuple(bad)]!r} at index {bad.tolist()}",
+            f"non-finite value {float(values[tuple(bad)])!r} at index {bad.tolist()}",
             file=source, field=name, expected="finite numbers (no NaN/inf)",
         )
 

@@ -123,7 +123,7 @@ def _logits(path: Path) -> np.ndarray:
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise InputError(f"non-finite value {arr[tuple(bad)]!r} at index {bad.tolist()}",
+        raise InputError(f"non-finite value {float(arr[tuple(bad)])!r} at index {bad.tolist()}",
                          file=path, field="logits", expected="finite numbers (no NaN/inf)")
     return arr
 
@@ -298,7 +298,7 @@ def import_stage1_dir(src: str | Path) -> FeatureBundle:
                              value=f"shape {list(feats.shape)}", expected="at least one row")
         if not np.isfinite(feats).all():
             bad = np.argwhere(~np.isfinite(feats))[0]
-            raise InputError(f"non-finite value {feats[tuple(bad)]!r} at index {bad.tolist()}",
+            raise InputError(f"non-finite value {float(feats[tuple(bad)])!r} at index {bad.tolist()}",
                              file=path, field="features", expected="finite numbers (no NaN/inf)")
         for key, arr in (("labels", labels), ("group", group)):
             if arr is not None and arr.shape[0] != feats.shape[0]:

@@ -140,12 +140,9 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.kind == "argse":
         if args.classes is not None:
             kwargs["classes"] = args.classes
-        _note(f"seltune data synth: training {len(kwargs.get('experts', synth.DEFAULT_EXPERTS))} "
-              "experts on a long-tailed training set...")
         bundle = synth.synth_argse_bundle(**kwargs)
     elif args.kind == "digits":
         _reject(args, ("classes",), "digits")
-        _note("seltune data synth: training experts on long-tailed scikit-learn digits...")
         bundle = synth.digits_longtail_bundle(**kwargs)
     else:
         _reject(args, ("classes", "imbalance", "experts", "group_boundaries"), "stage1")

@@ -35,6 +35,7 @@ was expected.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def check_group_boundaries(boundaries: Any, source: str | Path = "group_boundari
     except (TypeError, ValueError):
         values, ok = (), False
     if not ok or not values or any(b < 0 for b in values) or any(
-        a >= b for a, b in zip(values, values[1:], strict=False)
+        a >= b for a, b in itertools.pairwise(values)
     ):
         raise InputError(
             file=source, field="group_boundaries", value=boundaries,
@@ -501,20 +502,20 @@ def save_bundle(bundle: Bundle, out: str | Path, overwrite: bool = False) -> Pat
                 feature_dim=bundle.feature_dim,
                 group_names=None if bundle.group_names is None else list(bundle.group_names),
             )
-            for name, split in bundle.splits.items():
-                file = f"{name}.parquet"
+            for fname, fsplit in bundle.splits.items():
+                file = f"{fname}.parquet"
                 cols: dict[str, Any] = {
-                    "label": pa.array(np.asarray(split.labels), pa.int64()),
-                    "features": _tensor_column(split.features),
+                    "label": pa.array(np.asarray(fsplit.labels), pa.int64()),
+                    "features": _tensor_column(fsplit.features),
                 }
-                if split.group is not None:
-                    cols["group"] = pa.array(np.asarray(split.group), pa.int64())
-                if split.path is not None:
-                    cols["path"] = pa.array(split.path, pa.string())
+                if fsplit.group is not None:
+                    cols["group"] = pa.array(np.asarray(fsplit.group), pa.int64())
+                if fsplit.path is not None:
+                    cols["path"] = pa.array(fsplit.path, pa.string())
                 _write_table(cols, tmp / file)
-                manifest["splits"][name] = {
-                    "file": file, "rows": len(split),
-                    "has_group": split.group is not None, "has_path": split.path is not None,
+                manifest["splits"][fname] = {
+                    "file": file, "rows": len(fsplit),
+                    "has_group": fsplit.group is not None, "has_path": fsplit.path is not None,
                 }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -663,8 +664,20 @@ def load_feature_bundle(path: str | Path) -> FeatureBundle:
 
 
 __all__ = [
-    "EXPERT_SPLITS", "FEATURE_SPLITS", "DEFAULT_GROUP_BOUNDARIES", "ExpertSplit",
-    "ExpertBundle", "FeatureSplit", "FeatureBundle", "Bundle", "as_tensor",
-    "class_to_group_from_counts", "check_group_boundaries", "save_bundle", "load_bundle",
-    "load_expert_bundle", "load_feature_bundle", "validate_bundle",
+    "DEFAULT_GROUP_BOUNDARIES",
+    "EXPERT_SPLITS",
+    "FEATURE_SPLITS",
+    "Bundle",
+    "ExpertBundle",
+    "ExpertSplit",
+    "FeatureBundle",
+    "FeatureSplit",
+    "as_tensor",
+    "check_group_boundaries",
+    "class_to_group_from_counts",
+    "load_bundle",
+    "load_expert_bundle",
+    "load_feature_bundle",
+    "save_bundle",
+    "validate_bundle",
 ]

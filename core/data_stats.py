@@ -105,23 +105,23 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
             group_names=None if bundle.group_names is None else list(bundle.group_names),
             splits={},
         )
-        for name, split in bundle.splits.items():
+        for fname, fsplit in bundle.splits.items():
             info: dict[str, Any] = {
-                "n": len(split),
-                "shape": list(np.asarray(split.features).shape),
+                "n": len(fsplit),
+                "shape": list(np.asarray(fsplit.features).shape),
                 "experts": {},
-                "label_counts": np.bincount(split.labels,
+                "label_counts": np.bincount(fsplit.labels,
                                             minlength=bundle.num_classes).tolist(),
             }
-            if split.group is not None:
-                g = np.asarray(split.group)
+            if fsplit.group is not None:
+                g = np.asarray(fsplit.group)
                 info["group_counts"] = np.bincount(g).tolist()
                 info["positive_rate_per_group"] = [
-                    float(np.asarray(split.labels)[g == k].mean()) if (g == k).any() else None
+                    float(np.asarray(fsplit.labels)[g == k].mean()) if (g == k).any() else None
                     for k in range(int(g.max()) + 1)
                 ] if bundle.num_classes == 2 else None
-            out["splits"][name] = info
+            out["splits"][fname] = info
     return out
 
 
-__all__ = ["expert_accuracy", "group_names", "bundle_summary"]
+__all__ = ["bundle_summary", "expert_accuracy", "group_names"]

@@ -214,7 +214,7 @@ def import_argse_dir(
     splits: dict[str, ExpertSplit] = {}
     num_classes: int | None = None
     for split in EXPERT_SPLITS:
-        per_expert = []
+        per_expert: list[np.ndarray] = []
         first_path: Path | None = None
         for name in names:
             path = _find(src / name, f"{split}_logits", f"logits of expert {name!r}, split {split!r}")
@@ -320,4 +320,4 @@ def import_stage1_dir(src: str | Path) -> FeatureBundle:
     return bundle
 
 
-__all__ = ["ARRAY_SUFFIXES", "read_array", "import_argse_dir", "import_stage1_dir"]
+__all__ = ["ARRAY_SUFFIXES", "import_argse_dir", "import_stage1_dir", "read_array"]

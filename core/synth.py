@@ -256,7 +256,7 @@ def synth_argse_bundle(
         counts, bounds, source=f"synth(classes={classes}, imbalance={imbalance:g})")
 
     rng = np.random.default_rng(seed)
-    n_roots = min(classes, max(1, int(round(root_fraction * classes))))
+    n_roots = min(classes, max(1, round(root_fraction * classes)))
     latent = np.empty((classes, latent_dim))
     latent[:n_roots] = rng.standard_normal((n_roots, latent_dim)) * root_spread
     parents = rng.integers(0, n_roots, classes - n_roots)
@@ -467,8 +467,18 @@ def ensure_default_bundle(kind: str) -> Path:
 
 
 __all__ = [
-    "EXPERT_LOSSES", "DEFAULT_EXPERTS", "DEFAULT_KINDS", "STAGE1_GROUP_NAMES",
-    "longtail_counts", "train_experts", "score_experts", "synth_argse_bundle",
-    "digits_longtail_bundle", "synth_stage1_bundle", "cache_root",
-    "default_bundle_path", "build_default_bundle", "ensure_default_bundle",
+    "DEFAULT_EXPERTS",
+    "DEFAULT_KINDS",
+    "EXPERT_LOSSES",
+    "STAGE1_GROUP_NAMES",
+    "build_default_bundle",
+    "cache_root",
+    "default_bundle_path",
+    "digits_longtail_bundle",
+    "ensure_default_bundle",
+    "longtail_counts",
+    "score_experts",
+    "synth_argse_bundle",
+    "synth_stage1_bundle",
+    "train_experts",
 ]

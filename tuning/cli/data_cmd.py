@@ -140,7 +140,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.kind == "argse":
         if args.classes is not None:
             kwargs["classes"] = args.classes
-        bundle = synth.synth_argse_bundle(**kwargs)
+        bundle: Any = synth.synth_argse_bundle(**kwargs)
     elif args.kind == "digits":
         _reject(args, ("classes",), "digits")
         bundle = synth.digits_longtail_bundle(**kwargs)
@@ -177,7 +177,7 @@ def run_import(args: argparse.Namespace) -> int:
             kwargs["group_boundaries"] = _int_list(args.group_boundaries, "--group-boundaries")
         if args.experts is not None:
             kwargs["experts"] = _name_list(args.experts, "--experts")
-        bundle = importers.import_argse_dir(args.src, **kwargs)
+        bundle: Any = importers.import_argse_dir(args.src, **kwargs)
     else:
         _reject(args, ("group_boundaries", "experts"), "stage1")
         bundle = importers.import_stage1_dir(args.src)
@@ -239,4 +239,4 @@ def _show(bundle, as_json: bool) -> None:
         print_table("splits", ["split", "n", "label counts", "group counts"], rows)
 
 
-__all__ = ["register", "run_synth", "run_import", "run_inspect"]
+__all__ = ["register", "run_import", "run_inspect", "run_synth"]

@@ -146,7 +146,7 @@ def test_invalid_bundle_writes_nothing(tmp_path):
     bad = b.splits["val"].logits.copy()
     bad[0, 0, 0] = np.nan
     b = replace(b, splits={**b.splits, "val": ExpertSplit(bad, b.splits["val"].labels)})
-    with pytest.raises(InputError, match="NaN|non-finite"):
+    with pytest.raises(InputError, match="non-finite"):
         save_bundle(b, tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
 
@@ -164,7 +164,7 @@ def test_load_rejects_non_bundles_and_tampering(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_bundle(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="manifest.json"):
+    with pytest.raises(InputError, match=r"manifest\.json"):
         load_bundle(tmp_path / "empty")
     out = save_bundle(make_expert_bundle(), tmp_path / "b")
     manifest = json.loads((out / "manifest.json").read_text())

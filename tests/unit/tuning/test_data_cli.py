@@ -184,7 +184,7 @@ def _defect(src, what):
         (src / "balanced_softmax" / "val_logits.npy").unlink()
         return "logits of expert 'balanced_softmax', split 'val' is missing"
     if what == "counts":
-        (src / "class_counts.json").write_text(json.dumps(COUNTS + [1]))
+        (src / "class_counts.json").write_text(json.dumps([*COUNTS, 1]))
         return "class_counts: has 7 entries"
     if what == "no_group":
         (src / "class_counts.json").write_text(json.dumps([50] * C))

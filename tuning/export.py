@@ -91,8 +91,8 @@ def materialise_checkpoint(spec: SweepSpec, bundle: Any, src: Path, config: dict
                            dest: Path, device: str) -> Path:
     """Write the trainable's own checkpoint format for trial checkpoint ``src`` into ``dest``."""
     if spec.trainable == "stage1":
-        from core.stage1 import Stage1Config, train_stage1
         from core.config import config_from_dict
+        from core.stage1 import Stage1Config, train_stage1
 
         cfg = config_from_dict(Stage1Config, config, source="best trial config")
         # Resuming from the trial's last checkpoint trains nothing more when the trial

@@ -125,6 +125,17 @@ def _with_fixed(space, extra_fixed: dict[str, Any], source: str):
         raise InputError(str(exc)) from None
 
 
+def _check_study_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except Exception:
+        raise InputError(field="--study-storage", value=url,
+                         expected="a SQLAlchemy URL, e.g. sqlite:////abs/path.db or "
+                         "postgresql://user@host/db") from None
+
+
 def _default_data(kind: str) -> str:
     from core.synth import ensure_default_bundle
 
@@ -176,6 +187,11 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         raise InputError("trials get no GPU", field="--device", value="cuda",
                          expected="--gpus-per-trial > 0 (or --device auto/cpu)")
 
+    from tuning.ray_runtime import resolve_address
+
+    address = resolve_address(opts.address)
+    if opts.study_storage:
+        _check_study_url(opts.study_storage)
     known = info.config_fields()
     space = _load_space(opts.space or info.name, info.name, known)
     cli_fixed = parse_overrides(opts.overrides)
@@ -217,7 +233,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         gpus_per_trial=float(opts.gpus_per_trial), device=opts.device, seed=int(opts.seed),
         study_storage=opts.study_storage or default_study_storage(path),
         study_name=path.name, max_failures=int(opts.max_failures),
-        address=opts.address or os.environ.get("RAY_ADDRESS") or "local",
+        address=address,
     )
     save_spec(spec)
     return spec, bundle

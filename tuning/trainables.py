@@ -177,7 +177,7 @@ def build_trainable(trainable: str, bundle: Any, fixed: dict[str, Any], *, devic
     """
     from ray import tune
 
-    threads = max(1, int(math.floor(cpus_per_trial))) if cpus_per_trial >= 1 else 1
+    threads = max(1, math.floor(cpus_per_trial)) if cpus_per_trial >= 1 else 1
     fn = tune.with_parameters(_FUNCTIONS[trainable], bundle=bundle, fixed=dict(fixed),
                               device=device, threads=threads)
     return tune.with_resources(fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

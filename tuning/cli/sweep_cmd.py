@@ -123,9 +123,9 @@ def _is_default_invocation(args: argparse.Namespace) -> bool:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from tuning.cli.output import print_json
     from tuning.status import print_status
     from tuning.sweep import DEFAULT_SWEEP_FIXED, run_sweep
-    from tuning.cli.output import print_json
 
     default = _is_default_invocation(args)
     if default:

@@ -137,7 +137,8 @@ def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stag
     class_cal = ClassCalibrator.from_state_dict(
         torch.load(cal_path, map_location="cpu", weights_only=True))
     model = Stage1Head(int(head["feature_dim"]), int(head["num_classes"]),
-                       int(head["hidden_dim"]), config.dropout)
+                       int(head["hidden_dim"]), config.dropout,
+                       gate_input=config.gate_input)
     model.load_state_dict(head["state_dict"])
     dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev).eval()

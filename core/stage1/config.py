@@ -54,6 +54,20 @@ class Stage1Config:
     training ``loss``); training stops after ``early_stop_patience`` epochs without
     improvement (0 disables) and the best epoch's weights are kept.
 
+    Class weights: ``balanced`` (``w_c = N / (C n_c)``) is the default because the
+    Stage-1 data are imbalanced (about 80/20) and the headline metrics include
+    worst-group and balanced error. It also decides what the gate is for: the
+    weighted classifier's probabilities are prior-shifted, so its max-softmax is a poor
+    exit score and the learned gate, trained on the correctness of the same
+    predictions, beats it clearly (ALGORITHMS.md §3 quality check). With
+    ``class_weights="none"`` (or a bias-correcting calibrator such as ``vector``) on
+    the synthetic bundle the classifier is well specified, calibrated max-softmax is
+    close to Bayes-optimal, and the gate does not beat it (see benchmarks/RESULTS.md).
+
+    Gate input: ``trunk`` (the gate head reads the shared trunk, as in the seed) or
+    ``trunk+confidence`` (also the detached log max-prob, top-2 margin and entropy of
+    the class logits).
+
     Calibration on ``val_calib`` (the ``calib_fraction`` share of ``val``, split
     stratified by label with ``seed``): class ``calibrator`` with ODIR strengths
     ``odir_lambda`` / ``odir_mu`` (matrix and Dirichlet only), ``gate_calibrator``.
@@ -65,6 +79,7 @@ class Stage1Config:
     sn_lambda: float = 32.0
     sn_alpha: float = 0.5
     hidden_dim: int = 512
+    gate_input: Literal["trunk", "trunk+confidence"] = "trunk"
     dropout: float = 0.3
     label_smoothing: float = 0.1
     lr: float = 1e-3
@@ -78,7 +93,7 @@ class Stage1Config:
     ema_decay: float | None = None
     early_stop_patience: int = 3
     early_stop_metric: Literal["augrc", "loss"] = "augrc"
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] = "balanced"
     calibrator: CalibratorName = "temperature"
     odir_lambda: float = 1e-2
     odir_mu: float = 1e-2
@@ -94,7 +109,8 @@ class Stage1Config:
         for name, choices in (("loss", LOSSES), ("calibrator", CALIBRATORS),
                               ("gate_calibrator", GATE_CALIBRATORS),
                               ("class_weights", ("none", "balanced")),
-                              ("early_stop_metric", EARLY_STOP_METRICS)):
+                              ("early_stop_metric", EARLY_STOP_METRICS),
+                              ("gate_input", ("trunk", "trunk+confidence"))):
             value = getattr(self, name)
             if value not in choices:
                 raise InputError(field=name, value=value, expected="one of " + ", ".join(choices))

@@ -127,7 +127,8 @@ def build_loss(config: Stage1Config, class_weights: np.ndarray | None,
 
 
 def build_model(config: Stage1Config, feature_dim: int, num_classes: int) -> Stage1Head:
-    return Stage1Head(feature_dim, num_classes, config.hidden_dim, config.dropout)
+    return Stage1Head(feature_dim, num_classes, config.hidden_dim, config.dropout,
+                      gate_input=config.gate_input)
 
 
 # --------------------------------------------------------------------------- result

@@ -20,10 +20,13 @@ and levels), so loading is: map the file (``memory_map=True``, no read() copy), 
 each column once into an Arrow buffer (float columns are written uncompressed, plain
 encoded, one row group per split, so decoding is a memcpy), then hand numpy a
 **zero-copy view** of that buffer (``FixedShapeTensorArray.to_numpy_ndarray``). A
-10k x 3 x 100 split loads in ~20 ms. The arrays are therefore **read-only** (as arrays
-coming out of Ray's object store are too); ``torch.from_numpy`` on them warns, so use
-:func:`as_tensor`, which shares the memory without the warning, or copy when you must
-write.
+10k x 3 x 100 split loads in ~40 ms. The decoded buffer belongs to the loaded bundle
+alone (the Arrow table is dropped), so the view is made writable, and
+``torch.from_numpy`` shares it without a copy or a warning; writing to it changes the
+in-memory bundle, never the file. Should a pyarrow version hand back a read-only
+(file-mapped) buffer, the array stays read-only instead. Arrays that come out of Ray's
+object store are read-only whatever the source: :func:`as_tensor` wraps either kind
+without torch's read-only warning.
 
 Validation (:func:`validate_bundle`) runs before every save and after every load, so
 a bundle on disk is always well-formed: finite logits/features, consistent shapes,
@@ -195,8 +198,8 @@ Bundle = ExpertBundle | FeatureBundle
 def as_tensor(array: np.ndarray):
     """A torch tensor sharing ``array``'s memory, without torch's read-only warning.
 
-    Loaded bundle arrays are read-only views of Arrow buffers; the tensor must be
-    treated as read-only too (copy it before any in-place operation).
+    For a read-only array (e.g. one that came through Ray's object store) the tensor
+    must be treated as read-only too: copy it before any in-place operation.
     """
     import warnings
 
@@ -592,20 +595,30 @@ def _column_numpy(table, name: str, file: Path) -> np.ndarray:
 
     col = table.column(name)
     chunk = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-    if isinstance(chunk.type, pa.FixedShapeTensorType):
-        if chunk.null_count:
-            raise InputError("has null rows", file=file, field=name, expected="no nulls")
-        return chunk.to_numpy_ndarray()
     if chunk.null_count:
         raise InputError("has null rows", file=file, field=name, expected="no nulls")
-    return chunk.to_numpy(zero_copy_only=False)
+    if isinstance(chunk.type, pa.FixedShapeTensorType):
+        arr = chunk.to_numpy_ndarray()
+    elif pa.types.is_integer(chunk.type):
+        # a view straight on the values buffer (to_numpy's view would be read-only)
+        width = chunk.type.bit_width // 8
+        arr = np.frombuffer(chunk.buffers()[1], dtype=chunk.type.to_pandas_dtype(),
+                            count=len(chunk), offset=chunk.offset * width)
+    else:
+        arr = chunk.to_numpy(zero_copy_only=False)
+    try:
+        # the decoded buffer is private to this load (see the module docstring)
+        arr.flags.writeable = True
+    except ValueError:  # an immutable (e.g. file-mapped) buffer: stay read-only
+        pass
+    return arr
 
 
 def load_bundle(path: str | Path) -> Bundle:
     """Load and validate the bundle directory ``path`` (either kind).
 
-    Arrays are zero-copy, read-only views of the decoded Arrow buffers (see the
-    module docstring).
+    Arrays are zero-copy views of the decoded Arrow buffers (see the module
+    docstring).
     """
     path = Path(path)
     manifest = _read_manifest(path)

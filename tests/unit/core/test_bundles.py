@@ -97,14 +97,31 @@ def test_feature_bundle_round_trip_identical(tmp_path, extras):
             assert g.group is None and g.path is None
 
 
-def test_load_is_zero_copy_and_read_only(tmp_path):
-    got = load_bundle(save_bundle(make_expert_bundle(), tmp_path / "b"))
+def test_load_is_zero_copy_and_private(tmp_path):
+    b = make_expert_bundle()
+    out = save_bundle(b, tmp_path / "b")
+    got = load_bundle(out)
     logits = got.splits["test"].logits
-    assert not logits.flags.owndata  # a view of the Arrow buffer
-    assert not logits.flags.writeable
+    assert not logits.flags.owndata  # a view of the decoded Arrow buffer, not a copy
     t = as_tensor(logits)
     assert t.data_ptr() == logits.ctypes.data  # shares memory with numpy
     assert tuple(t.shape) == logits.shape
+    # writing to the in-memory bundle never touches the file
+    if logits.flags.writeable:
+        logits[0, 0, 0] = 1234.0
+    again = load_bundle(out)
+    assert again.splits["test"].logits.tobytes() == b.splits["test"].logits.tobytes()
+
+
+def test_as_tensor_on_read_only_array_does_not_warn():
+    import warnings
+
+    arr = np.arange(6, dtype=np.float32)
+    arr.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = as_tensor(arr)
+    assert t.data_ptr() == arr.ctypes.data
 
 
 def test_load_10k_split_is_fast(tmp_path):

@@ -270,3 +270,14 @@ def test_inspect_bad_path_one_line(tmp_path, capsys):
     rc = main(["data", "inspect", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert rc != 0 and err.strip().count("\n") == 0 and "does not exist" in err
+
+
+def test_extract_features_is_delegated_when_present(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tuning.cli.extract_features") is None:
+        pytest.skip("tuning.cli.extract_features not built")
+    with pytest.raises(SystemExit) as info:
+        main(["data", "extract-features", "--help"])
+    assert info.value.code == 0
+    assert "usage: seltune data extract-features" in capsys.readouterr().out

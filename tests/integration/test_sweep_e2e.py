@@ -1,0 +1,147 @@
+"""End-to-end sweeps through the ``seltune`` CLI on a real local Ray (2 CPUs, loopback,
+private RAY_TMPDIR), one per trainable, then status, export and evaluate.
+
+Small on purpose: tiny synthetic bundles, schedules shrunk with ``--set``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SELTUNE = [sys.executable, "-m", "tuning.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def env():
+    ray_tmp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: unix socket paths
+    e = dict(os.environ, RAY_TMPDIR=ray_tmp, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
+             PYTHONPATH=str(ROOT))
+    e.pop("RAY_ADDRESS", None)
+    yield e
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    from core.bundles import save_bundle
+    from core.synth import synth_argse_bundle, synth_stage1_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    save_bundle(synth_argse_bundle(classes=20, n_max=100, per_class=(15, 10, 20)),
+                root / "argse")
+    save_bundle(synth_stage1_bundle(sizes=(600, 300, 300), dim=16), root / "stage1")
+    return root
+
+
+def seltune(env, *args, timeout=240) -> subprocess.CompletedProcess:
+    p = subprocess.run([*SELTUNE, *map(str, args)], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, f"seltune {' '.join(map(str, args))} failed:\n{p.stderr[-4000:]}"
+    return p
+
+
+def study_trials(exp: Path):
+    spec = json.loads((exp / "seltune" / "sweep.json").read_text())
+    return optuna.load_study(study_name=spec["study_name"],
+                             storage=spec["study_storage"]).trials
+
+
+def test_selective_sweep_status_export_evaluate(env, bundles, tmp_path):
+    storage = tmp_path / "runs"
+    p = seltune(env, "sweep", "--trainable", "argse-selective", "--data", bundles / "argse",
+                "--num-samples", 5, "--num-cpus", 2, "--storage", storage, "--name", "sel",
+                "--seed", 1, "--set", "stageA_epochs=1", "--set", "cycles=3",
+                "--set", "b1_epochs=1", "--set", "batch_size=128", "--json")
+    status = json.loads(p.stdout)
+    exp = storage / "sel"
+    assert status["path"] == str(exp) and status["metric"] == "worst_group_error"
+    assert sum(status["counts"].values()) == 5
+    assert set(status["counts"]) <= {"TERMINATED", "STOPPED"}
+    assert all("augrc" in t["metrics"] and "worst_group_error" in t["metrics"]
+               for t in status["trials"])
+    # Fixed values reach every trial; the searched ones vary.
+    assert {t["config"]["cycles"] for t in status["trials"]} == {3}
+    assert len({t["config"]["lr"] for t in status["trials"]}) == 5
+    # ASHA-stopped trials are PRUNED in the study, finished ones COMPLETE, none lost.
+    trials = study_trials(exp)
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in trials}
+    for t in status["trials"]:
+        expected = "PRUNED" if t["status"] == "STOPPED" else "COMPLETE"
+        assert states[t["trial_id"]] == expected
+        if t["status"] == "STOPPED":
+            assert t["iterations"] < 4
+    # status works after the run, by name under --storage too
+    again = json.loads(seltune(env, "status", "sel", "--storage", storage, "--json").stdout)
+    assert again["counts"] == status["counts"] and again["best"] == status["best"]
+
+    out = tmp_path / "export"
+    seltune(env, "export", exp, "--out", out, "--json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"val", "test", "baselines", "config", "checkpoint"}
+    assert set(metrics["baselines"]["test"]) >= {"chow:mixture", "plugin_balanced", "plugin_worst"}
+    best_config = json.loads((out / "best_config.json").read_text())
+    assert best_config == metrics["config"] and best_config["cycles"] == 3
+    assert metrics["trial_id"] == status["best"]["trial_id"] or \
+        status["counts"].get("TERMINATED")  # best among finished trials when any finished
+    assert (out / "checkpoint" / "gating_selective.ckpt").is_file()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "Top trials" in html
+    for png in ("history.png", "risk_coverage.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+    # The exported val metrics are those the sweep saw for that checkpoint.
+    ledger = json.loads((exp / "seltune" / "trials.json").read_text())
+    seen = ledger["trials"][metrics["trial_id"]]["history"][str(metrics["iteration"])]
+    assert metrics["val"]["worst_group_error"] == pytest.approx(seen["worst_group_error"])
+    # `seltune evaluate` on the exported checkpoint reproduces the test metrics exactly.
+    ev = json.loads(seltune(env, "evaluate", out / "checkpoint", "--data", bundles / "argse",
+                            "--split", "test", "--device", "cpu", "--json").stdout)
+    assert ev["metrics"] == metrics["test"]
+
+
+def test_stage1_sweep_and_export(env, bundles, tmp_path):
+    storage = tmp_path / "runs"
+    p = seltune(env, "sweep", "--trainable", "stage1", "--data", bundles / "stage1",
+                "--num-samples", 3, "--num-cpus", 2, "--storage", storage, "--name", "s1",
+                "--metric", "augrc", "--set", "epochs=3", "--set", "hidden_dim=32", "--json")
+    status = json.loads(p.stdout)
+    assert sum(status["counts"].values()) == 3 and status["metric"] == "augrc"
+    out = tmp_path / "export"
+    seltune(env, "export", storage / "s1", "--out", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "checkpoint" / "stage1_head.pth").is_file()
+    assert "softmax_confidence" in metrics["baselines"]["test"]
+    ev = json.loads(seltune(env, "evaluate", out / "checkpoint", "--data", bundles / "stage1",
+                            "--split", "test", "--device", "cpu", "--json").stdout)
+    assert ev["metrics"] == metrics["test"]
+
+
+def test_pretrain_multi_objective_pareto(env, bundles, tmp_path):
+    storage = tmp_path / "runs"
+    p = seltune(env, "sweep", "--trainable", "argse-pretrain", "--data", bundles / "argse",
+                "--num-samples", 4, "--num-cpus", 2, "--storage", storage, "--name", "mo",
+                "--metric", "augrc,worst_group_error", "--set", "epochs=2", "--json")
+    status = json.loads(p.stdout)
+    assert status["counts"] == {"TERMINATED": 4}  # no early stopping in multi-objective
+    assert all(t["iterations"] == 2 for t in status["trials"])
+    assert 1 <= len(status["pareto"]) <= 4
+    trials = study_trials(storage / "mo")
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in trials)
+    out = tmp_path / "export"
+    seltune(env, "export", storage / "mo", "--out", out)
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    assert {f["trial_id"] for f in front} == set(status["pareto"])
+    for f in front:
+        assert (out / f["checkpoint"] / "gating_pretrained.ckpt").is_file()
+    assert (out / "checkpoint" / "gating_pretrained.ckpt").is_file()

@@ -434,11 +434,15 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "seltune"
 
 
+# Bumped whenever a generator's output changes, so a stale cached default is never reused.
+DEFAULT_BUNDLE_VERSION = 1
+
+
 def default_bundle_path(kind: str) -> Path:
-    """Where the default bundle of ``kind`` (argse, stage1, digits) is cached."""
+    """Where the default bundle of ``kind`` (argse, stage1, digits) is cached (versioned)."""
     if kind not in DEFAULT_KINDS:
         raise InputError(field="kind", value=kind, expected=f"one of {list(DEFAULT_KINDS)}")
-    return cache_root() / f"{kind}-default"
+    return cache_root() / f"{kind}-default-v{DEFAULT_BUNDLE_VERSION}"
 
 
 def build_default_bundle(kind: str) -> ExpertBundle | FeatureBundle:

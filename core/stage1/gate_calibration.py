@@ -6,8 +6,8 @@ class prediction is correct:
 - ``platt``: ``sigma(a * g + b)``, logistic regression on the gate logit (Platt, 1999),
   fit by LBFGS in float64 from ``a = 1, b = 0`` (the raw sigmoid).
 - ``isotonic``: a non-decreasing step map fit by pool-adjacent-violators
-  (``sklearn.isotonic.IsotonicRegression``), stored as its knots and applied by linear
-  interpolation with clipping. Isotonic maps are flat on intervals, which would tie
+  (:func:`isotonic_fit`, same result as scikit-learn's ``IsotonicRegression``), stored
+  as its knots and applied by linear interpolation with clipping. Isotonic maps are flat on intervals, which would tie
   many samples at one score and make the coverage threshold coarse; ties are broken by
   adding ``1e-6 * sigmoid(g)``, which keeps the ranking of the raw gate within a flat
   step and moves the calibrated value by at most 1e-6.
@@ -93,15 +93,43 @@ def fit_gate_calibrator(kind: str, gate_logit: np.ndarray | torch.Tensor,
             av, bv = 1.0, 0.0
         return GateCalibrator("platt", {"a": av, "b": bv})
     if kind == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-
-        if len(g) == 0:
-            return GateCalibrator("isotonic", {"x": [], "y": []})
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-        iso.fit(g.numpy(), t.numpy())
-        return GateCalibrator("isotonic", {"x": [float(v) for v in iso.X_thresholds_],
-                                           "y": [float(v) for v in iso.y_thresholds_]})
+        x, y = isotonic_fit(g.numpy(), t.numpy())
+        return GateCalibrator("isotonic", {"x": [float(v) for v in x], "y": [float(v) for v in y]})
     raise ValueError(f"gate calibrator kind {kind!r}: expected platt or isotonic")
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators: the non-decreasing least-squares fit of ``y`` on ``x``.
+
+    Equal ``x`` values are pooled first (their mean ``y``, weighted by count), as
+    scikit-learn's ``IsotonicRegression`` does. Returns knots ``(x_unique [U],
+    fitted [U])`` for :func:`numpy.interp`; fitted values lie in [min y, max y].
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) == 0:
+        return np.zeros(0), np.zeros(0)
+    xu, inv = np.unique(x, return_inverse=True)
+    w = np.bincount(inv).astype(np.float64)
+    m = np.bincount(inv, weights=y) / w
+    # stack of blocks: (mean, weight, number of unique points)
+    means: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for mi, wi in zip(m.tolist(), w.tolist()):
+        means.append(mi)
+        weights.append(wi)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            w2 = weights[-2] + weights[-1]
+            means[-2] = (means[-2] * weights[-2] + means[-1] * weights[-1]) / w2
+            weights[-2] = w2
+            sizes[-2] += sizes[-1]
+            means.pop()
+            weights.pop()
+            sizes.pop()
+    fitted = np.repeat(np.asarray(means), np.asarray(sizes))
+    return xu, fitted
 
 
 def coverage_threshold(scores: np.ndarray, target_coverage: float) -> float:

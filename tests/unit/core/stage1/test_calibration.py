@@ -121,3 +121,17 @@ def test_threshold_with_isotonic_ties_is_close():
     s = cal.scores(g)
     tau = coverage_threshold(s, 0.8)
     assert abs(np.mean(s >= tau) - 0.8) < 1e-3  # tie-break by the raw gate keeps it exact
+
+
+def test_isotonic_fit_matches_sklearn():
+    from sklearn.isotonic import IsotonicRegression
+
+    from core.stage1.gate_calibration import isotonic_fit
+
+    rng = np.random.default_rng(8)
+    x = np.round(rng.normal(size=500), 1)  # with ties
+    y = (rng.random(500) < 1 / (1 + np.exp(-2 * x))).astype(float)
+    xs, fitted = isotonic_fit(x, y)
+    ref = IsotonicRegression(out_of_bounds="clip").fit(x, y)
+    grid = np.linspace(-4, 4, 301)
+    np.testing.assert_allclose(np.interp(grid, xs, fitted), ref.predict(grid), atol=1e-12)

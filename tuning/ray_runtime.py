@@ -64,6 +64,21 @@ class RayRuntime:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def _bind_to_loopback() -> None:
+    """Make a local Ray use 127.0.0.1 for its node address.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough on Linux: Ray turns
+    a loopback address into the machine's reachable IP unless multi-node clustering is
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once when ``ray`` is imported).
+    The variable is set for the processes Ray starts, and Ray's already-imported
+    constant is updated for this one.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None,
               num_gpus: int | None = None, quiet: bool = True) -> RayRuntime:
     """Start (``local``) or join (``auto`` / ``HOST:PORT``) Ray; see the module doc.
@@ -97,6 +112,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
             temp_dir = tempfile.mkdtemp(prefix="seltune-ray-", dir="/tmp")
             os.environ["RAY_TMPDIR"] = temp_dir
             owns = True
+        _bind_to_loopback()
         ray.init(
             address="local",
             num_cpus=num_cpus,

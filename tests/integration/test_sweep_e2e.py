@@ -145,3 +145,17 @@ def test_pretrain_multi_objective_pareto(env, bundles, tmp_path):
     for f in front:
         assert (out / f["checkpoint"] / "gating_pretrained.ckpt").is_file()
     assert (out / "checkpoint" / "gating_pretrained.ckpt").is_file()
+
+
+def test_local_ray_is_private_and_on_loopback(env):
+    code = ("from tuning.ray_runtime import start_ray\n"
+            "import os, ray\n"
+            "rt = start_ray('local', num_cpus=1)\n"
+            "print(ray.nodes()[0]['NodeManagerAddress'], ray.get_runtime_context().gcs_address,"
+            " rt.temp_dir == os.environ['RAY_TMPDIR'])\n"
+            "rt.close()\n")
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    node, gcs, private = p.stdout.split()
+    assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:") and private == "True"

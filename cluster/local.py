@@ -231,11 +231,20 @@ def default_dir() -> Path:
     return Path(env) if env else Path.home() / ".seltune" / "local-cluster"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port that was free a moment ago (the OS picks it), never the same twice
+    in one process, so the ports given to one cluster's nodes are all distinct."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise ClusterError("could not find a free TCP port")
 
 
 def _port_in_use(port: int, host: str = "") -> bool:
@@ -518,40 +527,66 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
         unset_env=unset_env, nodes=[], started_at=_now(),
     )
     logs = directory / "logs"
-    for old_log in logs.glob("node-*.log") if logs.is_dir() else []:
+    for old_log in logs.glob("node-*") if logs.is_dir() else []:
         old_log.unlink()
     try:
         for index in range(nodes):
             head = index == 0
-            cmd = _node_command(ray, head=head, index=index, gcs_address=state.address,
-                                port=gcs_port, cpus=cpus_per_node, gpus=gpus_per_node,
-                                temp_dir=temp_dir, object_store_mb=object_store_mb,
-                                dashboard_port=dashboard_port)
-            if wrap_node is not None:
-                cmd = list(wrap_node(index, cmd))
-            log = logs / f"node-{index}.log"
-            proc = _spawn(cmd, node_env, log)
-            stat = _proc_stat(proc.pid)
-            if stat is None:  # exited already: _wait_ready reports it with the log
-                stat = ("X", 0, 0, 0, -1)
-            _CHILDREN[proc.pid] = proc
-            state.nodes.append(NodeInfo(index=index, role="head" if head else "worker",
-                                        pid=proc.pid, start_ticks=stat[4], log=str(log),
-                                        resource=node_resource(index)))
-            save_state(state)  # record every pid at once, so `down` can always stop it
+            for attempt in range(1 if head else _WORKER_ATTEMPTS):
+                node = _start_node(state, ray, index, node_env, dashboard_port, wrap_node,
+                                   logs / f"node-{index}.log")
+                try:
+                    # One node at a time: two `ray start`s racing on one machine
+                    # pre-select the same free ports and one raylet dies with "Address
+                    # already in use" (other users' Ray can race with us too: retry).
+                    _wait_ready([node], timeout_s)
+                    break
+                except ClusterError:
+                    if head or attempt + 1 == _WORKER_ATTEMPTS:
+                        raise
+                    stop_node(node, grace_s=2.0)
+                    state.nodes.remove(node)
+                    failed_log = Path(node.log)
+                    failed_log.rename(failed_log.with_suffix(f".failed{attempt + 1}.log"))
             if head:
-                # Workers need the head's GCS: wait for it, then use the address Ray
-                # itself advertises (it writes it to TEMP/ray_current_cluster).
-                _wait_ready(state.nodes[:1], timeout_s)
+                # Workers need the head's GCS; they use the address Ray itself
+                # advertises (written to TEMP/ray_current_cluster).
                 state.address = _read_head_address(temp_dir, gcs_port)
                 state.env["RAY_ADDRESS"] = state.address
                 save_state(state)
-        _wait_ready(state.nodes[1:], timeout_s)
     except BaseException:
-        down(state, grace_s=5.0)
+        # Keep Ray's temp dir: its session logs (raylet.out, gcs_server.out) say why.
+        down(state, grace_s=5.0, remove_temp=False)
         raise
     save_state(state)
     return state
+
+
+_WORKER_ATTEMPTS = 3
+
+
+def _start_node(state: ClusterState, ray: list[str], index: int, node_env: dict[str, str],
+                dashboard_port: int | None,
+                wrap_node: Callable[[int, list[str]], list[str]] | None,
+                log: Path) -> NodeInfo:
+    """Spawn node ``index`` and record it in ``state`` (saved at once, so that `down`
+    can always stop it, even if this process dies right after)."""
+    head = index == 0
+    cmd = _node_command(ray, head=head, index=index, gcs_address=state.address,
+                        port=state.gcs_port, cpus=state.cpus_per_node,
+                        gpus=state.gpus_per_node, temp_dir=state.temp_dir,
+                        object_store_mb=state.object_store_mb, dashboard_port=dashboard_port)
+    if wrap_node is not None:
+        cmd = list(wrap_node(index, cmd))
+    proc = _spawn(cmd, node_env, log)
+    _CHILDREN[proc.pid] = proc
+    stat = _proc_stat(proc.pid)
+    node = NodeInfo(index=index, role="head" if head else "worker", pid=proc.pid,
+                    start_ticks=stat[4] if stat else -1, log=str(log),
+                    resource=node_resource(index))
+    state.nodes.append(node)
+    save_state(state)
+    return node
 
 
 def kill_node(state: ClusterState, index: int) -> list[int]:

@@ -124,16 +124,18 @@ def _status(args: argparse.Namespace) -> int:
     from tuning.cli.output import console, print_json, print_table
 
     info = local.status(_load(args))
+    # Exit 1 when some node of a cluster that should run is dead (degraded / dead).
+    code = 0 if info["state"] in ("running", "stopped") else 1
     if args.json:
         print_json(info)
-        return 0
+        return code
     console().print(f"{info['state']}: {info['alive_nodes']}/{len(info['nodes'])} node(s) "
                     f"alive, GCS {info['address']}, auth {info['auth_mode']}"
                     + (f", dashboard {info['dashboard_url']}" if info["dashboard_url"] else ""))
     print_table("nodes", ["node", "role", "pid", "alive", "processes", "log"],
                 [[n["index"], n["role"], n["pid"], "yes" if n["alive"] else "no",
                   n["processes"], n["log"]] for n in info["nodes"]])
-    return 0 if info["state"] in ("running", "stopped") else 1
+    return code
 
 
 def _env(args: argparse.Namespace) -> int:

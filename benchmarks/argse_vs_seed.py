@@ -108,7 +108,7 @@ def seed_reference(config, bundle, device="cpu"):
     def step(loss):
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [t_param], cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([*model.parameters(), t_param], cfg.grad_clip)
         optimizer.step()
 
     # Stage A

@@ -31,8 +31,8 @@ LOGS_FILE = "selective_training_logs.json"
 STATE_FILE = "trainer_state.pt"
 SEED_KEYS = ("gating_net_state_dict", "num_experts", "num_classes", "num_groups",
              "gating_feature_dim", "config")
-SELECTIVE_KEYS = SEED_KEYS + ("alpha", "mu", "t_param", "pi_by_group", "temperatures",
-                              "cycle_logs", "mode")
+SELECTIVE_KEYS = (*SEED_KEYS, "alpha", "mu", "t_param", "pi_by_group", "temperatures",
+                  "cycle_logs", "mode")
 
 
 def save_torch(obj: Any, path: str | Path) -> Path:

@@ -87,7 +87,7 @@ def stratified_split(label_groups: torch.Tensor, fraction: float, seed: int
     for g in torch.unique(groups).tolist():
         idx = torch.nonzero(groups == g).flatten()
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        n1 = int(round(fraction * idx.numel()))
+        n1 = round(fraction * idx.numel())
         if idx.numel() >= 2:
             n1 = min(max(n1, 1), idx.numel() - 1)
         s1.append(idx[:n1])

@@ -112,7 +112,7 @@ def predictor_from_state(net: GatingNet, *, temperatures: Sequence[float], alpha
 
 def predictor_from_checkpoint(ckpt: dict[str, Any], device="auto") -> ArgsePredictor:
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    e, c = int(ckpt["num_experts"]), int(ckpt["num_classes"])
+    e = int(ckpt["num_experts"])
     cfg = ckpt.get("config", {}) or {}
     hidden = tuple(ckpt.get("hidden_dims", cfg.get("hidden_dims", (128, 64))))
     dropout = float(ckpt.get("dropout", cfg.get("dropout", 0.1)))

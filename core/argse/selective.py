@@ -96,7 +96,7 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(self.net.parameters()) + [self.t],
+            torch.nn.utils.clip_grad_norm_([*self.net.parameters(), self.t],
                                            self.cfg.grad_clip)
         self.opt.step()
 
@@ -338,4 +338,4 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         alpha=run.alpha.tolist(), mu=run.mu.tolist(), t=run.t_eval.tolist())
 
 
-__all__ = ["train_selective", "MODE"]
+__all__ = ["MODE", "train_selective"]

@@ -25,7 +25,7 @@ def make_bundle(num_experts: int = 2, num_classes: int = 10, num_groups: int = 2
                             "ride"][:num_experts])
     prior = counts / counts.sum()
     splits = {}
-    for i, name in enumerate(("tunev", "val", "test")):
+    for name in ("tunev", "val", "test"):
         y = rng.choice(num_classes, size=n, p=0.5 * prior + 0.5 / num_classes)
         logits = rng.normal(0, 1.0, size=(n, num_experts, num_classes)).astype(np.float32)
         strength = rng.uniform(0.5, 3.0, size=(n, num_experts)).astype(np.float32)

@@ -38,7 +38,7 @@ def test_alpha_bounds_crossed():
 
 
 def test_unknown_key_and_bad_choice():
-    with pytest.raises(InputError, match="unknown config key.*nope|nope.*unknown"):
+    with pytest.raises(InputError, match=r"unknown config key.*nope|nope.*unknown"):
         config_from_dict(SelectiveConfig, {"nope": 1}, source="x.yaml")
     with pytest.raises(InputError, match="margin"):
         config_from_dict(SelectiveConfig, {"margin": "other"})

@@ -8,7 +8,7 @@ from core.argse.gating import GatingNet, gate, mixture_posterior
 
 def seed_features(expert_logits, top_k=5):
     """The seed's GatingFeatureBuilder, verbatim (argse-gating-training.md)."""
-    B, E, C = expert_logits.shape
+    C = expert_logits.shape[2]
     p = torch.softmax(expert_logits, dim=-1)
     entropy = -torch.sum(p * torch.log(p + 1e-8), dim=-1)
     topk_vals, _ = torch.topk(p, k=min(top_k, C), dim=-1)

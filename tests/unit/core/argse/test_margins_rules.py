@@ -12,7 +12,7 @@ def test_margin_variants():
     c2g = torch.tensor([0, 1, 1])
     one, zero = torch.ones(2), torch.zeros(2)
     for v in ("seed", "plugin"):  # alpha = 1, mu = 0: both are max eta - 1
-        m, pred = margin_and_prediction(eta, one, zero, c2g, v)
+        m, _ = margin_and_prediction(eta, one, zero, c2g, v)
         torch.testing.assert_close(m, eta.max(1).values - 1)
     alpha, mu = torch.tensor([2.0, 0.5]), torch.tensor([0.1, -0.1])
     ms, ps = margin_and_prediction(eta, alpha, mu, c2g, "seed")
@@ -65,11 +65,11 @@ def test_b3_picks_the_grid_optimum(target, objective):
     eta, labels, c2g = _scorer_case()
     sc = R.MuScorer(eta, labels, c2g[labels], torch.tensor([1.1, 0.9]), torch.tensor([-0.4, -0.5]),
                     c2g, 2, "plugin", global_target=target)
-    mu, score, errs = R.search_mu(sc, torch.zeros(2), objective=objective)
+    mu, score, _ = R.search_mu(sc, torch.zeros(2), objective=objective)
     lam = torch.linspace(-2, 2, 41)
     brute = []
-    for l in lam.tolist():
-        e = sc.errors(torch.tensor([[l / 2, -l / 2]]))[0]
+    for v in lam.tolist():
+        e = sc.errors(torch.tensor([[v / 2, -v / 2]]))[0]
         brute.append(float(e.max() if objective == "worst" else e.mean()))
     assert score == pytest.approx(min(brute))
     i = brute.index(min(brute))
@@ -90,7 +90,7 @@ def test_eg_k3_reduces_worst_group_error():
     assert mu.shape == (3,) and abs(float(mu.sum())) < 1e-5
     assert worst == pytest.approx(float(errs.max()))
     assert worst < base - 0.02
-    mu_b, bal, _ = R.search_mu(sc, torch.zeros(3), objective="balanced")
+    _, bal, _ = R.search_mu(sc, torch.zeros(3), objective="balanced")
     assert bal <= float(sc.errors(torch.zeros(1, 3))[0].mean()) + 1e-9
 
 

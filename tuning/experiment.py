@@ -159,6 +159,7 @@ class SweepSpec:
         seed: seed of the TPE sampler (trial seeds come from the config's ``seed``).
         study_storage: SQLAlchemy URL of the Optuna study.
         study_name: the study's name in that storage.
+        sampler: ``tpe`` (default) or ``random``.
         max_failures: retries of a failing trial before it is ERROR.
         address: the Ray address the sweep was started with.
         created: ISO-8601 UTC time.
@@ -184,6 +185,7 @@ class SweepSpec:
     study_name: str
     max_failures: int = 2
     address: str = "local"
+    sampler: str = "tpe"
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     version: int = SPEC_VERSION
 
@@ -216,7 +218,7 @@ class SweepSpec:
                              expected=f"{SPEC_VERSION} (written by this seltune)")
         names = set(cls.__dataclass_fields__)
         missing = sorted(n for n in names if n not in data and n not in
-                         ("max_failures", "address", "created", "version"))
+                         ("max_failures", "address", "created", "version", "sampler"))
         if missing:
             raise InputError("missing keys", file=source, value=missing,
                              expected="a complete sweep spec")

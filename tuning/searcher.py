@@ -233,15 +233,21 @@ class SeltuneOptunaSearch(OptunaSearch):
         return failed
 
 
-def make_sampler(seed: int, multi_objective: bool):
-    """TPE with a seed; multivariate + group for the conditional spaces.
+SAMPLERS = ("tpe", "random")
 
+
+def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe"):
+    """TPE with a seed (or ``random``, the baseline of the search-quality benchmark).
+
+    TPE is multivariate with ``group=True`` for the conditional spaces, and
     ``constant_liar`` keeps concurrent suggestions apart while earlier trials run.
     """
     import warnings
 
     import optuna
 
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
@@ -251,7 +257,8 @@ def make_sampler(seed: int, multi_objective: bool):
 
 
 def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[str],
-                   seed: int, study_storage: str, study_name: str) -> SeltuneOptunaSearch:
+                   seed: int, study_storage: str, study_name: str,
+                   sampler: str = "tpe") -> SeltuneOptunaSearch:
     """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
     import optuna
 
@@ -262,7 +269,7 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
         space=SpaceFunction(space_dict),
         metric=list(metrics) if multi else metrics[0],
         mode=list(modes) if multi else modes[0],
-        sampler=make_sampler(seed, multi),
+        sampler=make_sampler(seed, multi, sampler),
         study_name=study_name,
         storage=storage,
     )

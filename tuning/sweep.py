@@ -74,6 +74,7 @@ class SweepOptions:
     seed: int = 0
     study_storage: str | None = None
     max_failures: int = 2
+    sampler: str = "tpe"
     overrides: list[str] = field(default_factory=list)
     default_run: bool = False
 
@@ -178,6 +179,11 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if opts.reduction_factor is not None and not opts.reduction_factor > 1:
         raise InputError(field="--reduction-factor", value=opts.reduction_factor,
                          expected="a number > 1")
+    from tuning.searcher import SAMPLERS
+
+    if opts.sampler not in SAMPLERS:
+        raise InputError(field="--sampler", value=opts.sampler,
+                         expected=f"one of {', '.join(SAMPLERS)}")
     if not opts.cpus_per_trial > 0:
         raise InputError(field="--cpus-per-trial", value=opts.cpus_per_trial,
                          expected="a number > 0 (fractions allowed)")
@@ -234,7 +240,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         gpus_per_trial=float(opts.gpus_per_trial), device=opts.device, seed=int(opts.seed),
         study_storage=opts.study_storage or default_study_storage(path),
         study_name=path.name, max_failures=int(opts.max_failures),
-        address=address,
+        address=address, sampler=opts.sampler,
     )
     save_spec(spec)
     return spec, bundle
@@ -474,7 +480,7 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                                        resume_errored=True, restart_errored=False)
         else:
             searcher = build_searcher(spec.space, spec.metrics, spec.modes, spec.seed,
-                                      spec.study_storage, spec.study_name)
+                                      spec.study_storage, spec.study_name, spec.sampler)
             scheduler = build_scheduler(spec.scheduler, spec.metric, spec.mode,
                                         seltune_dir(path) / ASHA_FILE)
             tuner = tune.Tuner(

@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="directory of experiments")
     p.add_argument("--name", help="experiment name (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
+                   help="Optuna sampler (random: the baseline of benchmarks/search_quality.py)")
     p.add_argument("--study-storage", help="SQLAlchemy URL of the Optuna study "
                    "(default: SQLite inside the experiment; e.g. postgresql://...)")
     p.add_argument("--max-failures", type=int, default=2,
@@ -107,6 +109,7 @@ def sweep_options(args: argparse.Namespace, default_run: bool = False):
         device=args.device, address=args.address, num_cpus=args.num_cpus,
         storage=args.storage, name=args.name, seed=args.seed,
         study_storage=args.study_storage, max_failures=args.max_failures,
+        sampler=args.sampler,
         overrides=list(args.overrides), default_run=default_run,
     )
 

@@ -22,7 +22,7 @@ import csv
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,8 @@ def stratified_split(labels: np.ndarray, ratios: Sequence[float], seed: int) -> 
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
-        a = int(round(ratios[0] * len(idx)))
-        b = int(round((ratios[0] + ratios[1]) * len(idx)))
+        a = round(ratios[0] * len(idx))
+        b = round((ratios[0] + ratios[1]) * len(idx))
         for name, chunk in zip(SPLITS, (idx[:a], idx[a:b], idx[b:])):
             parts[name].append(chunk)
     return {s: np.sort(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
@@ -178,7 +178,7 @@ def _pil_fallback_processor(model: str, exc: ImportError):
         image_std=cfg.get("image_std", [0.229, 0.224, 0.225]), do_convert_rgb=True)
 
 
-def _open_image(path: Path):
+def _open_image(path: Path) -> tuple[Any, str | None]:
     from PIL import Image
 
     try:
@@ -237,12 +237,15 @@ def extract_features(model: str, images: str | Path, labels_csv: str | Path, *,
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4) as pool:
         batches = [range(i, min(i + batch_size, total)) for i in range(0, total, batch_size)]
-        pending = pool.map(_open_image, [images / rows.paths[j] for j in batches[0]]) if batches else None
+        pending: Iterator[tuple[Any, str | None]] = iter(())
+        if batches:
+            pending = pool.map(_open_image, [images / rows.paths[j] for j in batches[0]])
         for b, idx in enumerate(batches):
             loaded = list(pending)
             if b + 1 < len(batches):  # decode the next batch while this one runs
                 pending = pool.map(_open_image, [images / rows.paths[j] for j in batches[b + 1]])
-            good, imgs = [], []
+            good: list[int] = []
+            imgs: list[Any] = []
             for j, (img, reason) in zip(idx, loaded):
                 if img is None:
                     skipped.append((rows.paths[j], reason or "unreadable"))
@@ -273,16 +276,16 @@ def extract_features(model: str, images: str | Path, labels_csv: str | Path, *,
         raise InputError("only one class", file=labels_csv, field="label",
                          expected="at least two classes")
     parts = stratified_split(labels, ratios, seed)
-    for name, idx in parts.items():
-        if len(idx) == 0:
+    for name, part in parts.items():
+        if len(part) == 0:
             raise InputError(f"split {name!r} would be empty with {len(labels)} readable images",
                              field="--split-ratios", value=",".join(map(str, ratios)),
                              expected="more images or ratios giving every split a sample")
     splits = {}
-    for name, idx in parts.items():
-        rows_idx = kept_arr[idx]
+    for name, part in parts.items():
+        rows_idx = kept_arr[part]
         splits[name] = FeatureSplit(
-            features=features[idx], labels=labels[idx],
+            features=features[part], labels=labels[part],
             group=None if rows.groups is None else rows.groups[rows_idx],
             path=[rows.paths[j] for j in rows_idx])
     bundle = FeatureBundle(num_classes=num_classes, splits=splits, group_names=rows.group_names)

@@ -34,7 +34,7 @@ def split_val(labels: np.ndarray, calib_fraction: float, seed: int) -> tuple[np.
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
-        n_cal = int(round(calib_fraction * len(idx)))
+        n_cal = round(calib_fraction * len(idx))
         if len(idx) >= 2:
             n_cal = min(max(n_cal, 1), len(idx) - 1)
         calib.append(idx[:n_cal])

@@ -142,5 +142,5 @@ def coverage_threshold(scores: np.ndarray, target_coverage: float) -> float:
     s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
     if len(s) == 0:
         return 0.5
-    k = min(len(s), max(1, int(round(target_coverage * len(s)))))
+    k = min(len(s), max(1, round(target_coverage * len(s))))
     return float(s[k - 1])

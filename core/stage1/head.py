@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 GATE_INPUTS = ("trunk", "trunk+confidence")
 NUM_CONFIDENCE_FEATURES = 3
 

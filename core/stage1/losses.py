@@ -108,7 +108,7 @@ class Stage1Loss(nn.Module):
 
     def forward(self, outputs, labels: torch.Tensor):
         logits, gate_logit, aux_logits = outputs
-        cw = self.class_weights
+        cw = self.class_weights if isinstance(self.class_weights, torch.Tensor) else None
         if self.kind == "bce":
             return bce_gate_loss(logits, gate_logit, labels, gate_weight=self.gate_weight,
                                  class_weights=cw, label_smoothing=self.label_smoothing)

@@ -95,10 +95,10 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for s, p in zip(self.module.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1.0 - d)
-        for s, b in zip(self.module.buffers(), model.buffers()):
-            s.copy_(b)
+        for sp, p in zip(self.module.parameters(), model.parameters()):
+            sp.lerp_(p.detach(), 1.0 - d)
+        for sb, b in zip(self.module.buffers(), model.buffers()):
+            sb.copy_(b)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "num_updates": self.num_updates,
@@ -197,7 +197,7 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -269,7 +269,7 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
     n_micro = max(1, math.ceil(n / cfg.batch_size))
     steps_per_epoch = math.ceil(n_micro / cfg.grad_accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    warmup_steps = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
     ema = EMA(model, resolve_ema_decay(cfg, total_steps)) if cfg.use_ema else None
     amp_dtype = _amp_dtype(dev)
@@ -300,10 +300,10 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
 
     x_train = torch.as_tensor(train.features).to(dev)
     y_train = torch.as_tensor(train.labels).to(dev)
-    calib, select = data.splits["val_calib"], data.splits["val_select"]
+    select = data.splits["val_select"]
 
     own_workdir = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="seltune-stage1-")) if own_workdir else Path(workdir)
+    root = Path(tempfile.mkdtemp(prefix="seltune-stage1-")) if workdir is None else Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     previous_ckpt: Path | None = None
     try:

@@ -11,8 +11,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from core.errors import InputError  # noqa: E402
-from core.extract import (  # noqa: E402
+from core.errors import InputError
+from core.extract import (
     extract_features,
     parse_split_ratios,
     read_labels_csv,
@@ -99,6 +99,7 @@ def test_extract_dinov3_end_to_end(image_dir, dinov3_dir):
     # features are the CLS token of the backbone, row by row
     import torch
     from PIL import Image
+
     from core.extract import load_backbone
 
     net, proc = load_backbone(str(dinov3_dir), "cpu")

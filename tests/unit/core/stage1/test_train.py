@@ -44,7 +44,7 @@ def test_val_split_disjoint_stratified_and_seeded():
     assert sorted(np.concatenate([sel, cal]).tolist()) == list(range(len(labels)))
     for c in (0, 1, 2):
         assert abs(np.sum(labels[cal] == c) - 0.5 * np.sum(labels == c)) <= 1
-    sel2, cal2 = split_val(labels, 0.5, seed=3)
+    _, cal2 = split_val(labels, 0.5, seed=3)
     np.testing.assert_array_equal(cal, cal2)
     assert not np.array_equal(cal, split_val(labels, 0.5, seed=4)[1])
     data = prepare_data(_bundle(), 0.3, seed=0)

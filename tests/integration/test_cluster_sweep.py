@@ -167,13 +167,20 @@ def test_driver_killed_and_resumed_from_shared_storage_with_a_postgres_study(
     assert sum(status["counts"].values()) == n
 
     # The study lives in PostgreSQL and holds exactly one finished Optuna trial per
-    # Tune trial: the resume neither lost nor re-asked any.
+    # Tune trial (matched by the ray_trial_id attribute): the resume neither lost nor
+    # re-told any. Suggestions asked just before the crash and never run may remain,
+    # told FAIL and marked orphaned (tuning/resume.py), so TPE ignores them.
     study = optuna.load_study(study_name=name,
                               storage=optuna.storages.RDBStorage(postgres_url))
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == n, [(t.number, t.state) for t in trials]
-    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               for t in trials), [t.state for t in trials]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                 optuna.trial.TrialState.PRUNED)]
+    others = [t for t in trials if t not in finished]
+    assert sorted(t.user_attrs.get("ray_trial_id") for t in finished) == sorted(ids), [
+        (t.number, t.state, t.user_attrs) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.FAIL and "orphaned" in t.user_attrs
+               for t in others), [(t.number, t.state, t.user_attrs) for t in others]
+    assert len(others) <= 3  # at most the suggestions in flight (--max-concurrent 3)
 
     # `seltune status` reads the same, and export picks by the same rule as after an
     # uninterrupted sweep (recomputed here from the raw Tune results).

@@ -112,6 +112,10 @@ class SelectiveConfig:
       realised coverage is the target; per-group targets set each ``t_k`` to the
       ``1 - tau_k`` quantile of its predicted group. The learnable ``t`` that B1
       trains (true-label groups, as in the seed) is kept separately for training.
+    - ``mu_ema``: B3 sets ``mu <- mu_ema * mu + (1 - mu_ema) * mu_best`` (the seed's
+      0.5/0.5). With a global target, B3 scores each mu candidate at that coverage (one
+      threshold shift per candidate on S2); with per-group targets at the current
+      thresholds, as the seed does.
     - ``mu_eg_steps``/``mu_eg_step_size``: the exponentiated-gradient search of mu for
       K > 2 (Algorithm 2 of Narasimhan et al., ICLR 2024).
     """

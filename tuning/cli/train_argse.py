@@ -44,7 +44,7 @@ def run_train(args: argparse.Namespace) -> int:
     from core.bundles import load_expert_bundle
     from core.config import build_config, config_to_dict
     from core.device import resolve_device
-    from tuning.cli.output import print_train_result, progress
+    from tuning.cli.output import console, print_train_result, progress
 
     mode = MODES[args.trainable]
     cls, trainer, ckpt_name = {
@@ -84,6 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
             summary["checkpoint"] = str(ckpt_path)
             save_json(summary, tmp / "metrics.json")
     print_train_result(summary, args.json)
+    temps = ", ".join(f"{n}={t:.3f}" for n, t in result.temperatures.items())
+    console(stderr=True).print(f"expert temperatures (fit on tunev): {temps}")
     return 0
 
 

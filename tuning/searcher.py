@@ -133,7 +133,9 @@ class SeltuneOptunaSearch(OptunaSearch):
     the last snapshot does not know (asked after it, before the driver died) are told
     FAIL, and reports for trials the study already finished are ignored instead of
     crashing the driver; a completion for a trial id the searcher never suggested
-    (Ray's ``restart_errored``) is logged and ignored.
+    (Ray's ``restart_errored``) is logged and ignored; a trial that failed and was
+    retried by a resume (``resume_errored``) adds its outcome as a new study trial with
+    the same parameters (``retry_of`` = the failed trial's number).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -188,6 +190,11 @@ class SeltuneOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return
         frozen = self._frozen(trial_id)
+        if frozen.state == TrialState.FAIL and not error:
+            # Failed before, retried by `seltune resume` (resume_errored), now done.
+            self._record_retry(trial_id, frozen, result)
+            self._completed_trials.add(trial_id)
+            return
         if frozen.state.is_finished():  # told before a driver restart
             self._completed_trials.add(trial_id)
             return
@@ -203,6 +210,35 @@ class SeltuneOptunaSearch(OptunaSearch):
         except Exception as exc:
             logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _record_retry(self, trial_id: str, frozen, result: dict | None) -> None:
+        """Add the outcome of a retried trial as a new study trial (a FAIL is final in
+        Optuna), with the same parameters and a ``retry_of`` link to the failed one."""
+        import optuna
+        from optuna.trial import TrialState
+
+        state, value = trial_outcome(
+            metric=self.metric, mode=self.mode, result=result, error=False,
+            stopped_early=trial_id in self._stopped_early, intermediate_values={})
+        if state == "FAIL":
+            return
+        step = None if result is None else result.get(TRAINING_ITERATION)
+        last = None if result is None else result.get(self.metric) if isinstance(
+            self.metric, str) else None
+        inter = {int(step): float(last)} if step is not None and _finite(last) else None
+        multi = isinstance(self.metric, list)
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE if state == "COMPLETE" else TrialState.PRUNED,
+            value=None if multi or state != "COMPLETE" else value,
+            values=value if multi and state == "COMPLETE" else None,
+            params=frozen.params, distributions=frozen.distributions,
+            user_attrs={"ray_trial_id": trial_id, "retry_of": frozen.number},
+            intermediate_values=inter,
+        )
+        try:
+            self._ot_study.add_trial(trial)
+        except Exception as exc:
+            logger.warning("could not record the retry of trial %s: %s", trial_id, exc)
 
     # -- restore -----------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
@@ -228,7 +264,11 @@ class SeltuneOptunaSearch(OptunaSearch):
             self._ot_study.tell(frozen.number, state=TrialState.FAIL)
             failed.append(frozen.number)
         for trial_id in list(self._ot_trials):
-            if self._frozen(trial_id).state.is_finished():
+            state = self._frozen(trial_id).state
+            if state == TrialState.FAIL:
+                # errored trials come back with resume_errored: hear their outcome again
+                self._completed_trials.discard(trial_id)
+            elif state.is_finished():
                 self._completed_trials.add(trial_id)
         return failed
 

@@ -450,11 +450,11 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
 
     _env_for_tune()
     info = TRAINABLES[spec.trainable]
-    if bundle is None:
-        bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
     path = spec.path
     claim_driver(path)
     try:
+        if bundle is None:
+            bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
         _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
              progress_interval=progress_interval)
     finally:

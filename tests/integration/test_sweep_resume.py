@@ -79,6 +79,17 @@ def test_sigkill_then_resume(tmp_path):
         assert driver.poll() is None, "sweep ended before it could be killed: " + \
             driver.stderr.read().decode()[-2000:]
         assert stopped_before, "no trial was stopped by ASHA in time"
+        # `seltune status` works while the sweep runs ...
+        live = subprocess.run([sys.executable, "-m", "tuning.cli", "status", str(exp), "--json"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0, live.stderr
+        live_status = json.loads(live.stdout)
+        assert live_status["counts"].get("TERMINATED", 0) >= 3
+        assert live_status["counts"].get("STOPPED", 0) >= 1 and live_status["best"] is not None
+        # ... and `seltune resume` refuses to run beside a live driver.
+        busy = subprocess.run([sys.executable, "-m", "tuning.cli", "resume", str(exp)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and "still running" in busy.stderr
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:

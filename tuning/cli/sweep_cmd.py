@@ -142,7 +142,27 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         print_json(status)
     else:
         print_status(status, top=10)
-    return 0 if status["counts"].get("ERROR", 0) < len(status["trials"]) else 1
+    return _exit_code(status)
+
+
+def _exit_code(status: dict) -> int:
+    """0 when the sweep ran to its end; 1 (with a hint) when it stopped early or every
+    trial failed."""
+    from pathlib import Path
+
+    from tuning.experiment import load_spec
+
+    spec = load_spec(Path(status["path"]))
+    finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
+    errors = status["counts"].get("ERROR", 0)
+    if finished + errors < spec.num_samples:
+        print(f"[seltune] sweep stopped with {finished}/{spec.num_samples} trials finished; "
+              f"continue it with: seltune resume {status['path']}", file=sys.stderr)
+        return 1
+    if errors:
+        print(f"[seltune] {errors} trial(s) failed (see trial_*/error.txt); "
+              f"`seltune resume {status['path']}` retries them", file=sys.stderr)
+    return 0 if finished else 1
 
 
 def run_resume_cmd(args: argparse.Namespace) -> int:
@@ -156,7 +176,7 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
         print_json(status)
     else:
         print_status(status, top=10)
-    return 0
+    return _exit_code(status)
 
 
 def run_export_cmd(args: argparse.Namespace) -> int:

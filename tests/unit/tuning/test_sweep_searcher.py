@@ -238,3 +238,20 @@ def test_fifo_for_multi_objective(tmp_path):
 
     sched = build_scheduler({"kind": "fifo", "max_t": 5}, "augrc", "min", tmp_path / "x")
     assert type(sched) is FIFOScheduler and not isinstance(sched, PersistentASHA)
+
+
+def test_errored_trial_retried_after_resume_is_recorded(url, tmp_path):
+    first = build_searcher(SPACE, ["worst_group_error"], ["min"], 0, url, "s")
+    params = first.suggest("a")
+    first.on_trial_result("a", res(1, 0.5))
+    first.on_trial_complete("a", None, error=True)  # out of retries: ERROR
+    first.save(str(tmp_path / "snap.pkl"))
+
+    restored = build_searcher(SPACE, ["worst_group_error"], ["min"], 0, url, "s")
+    restored.restore(str(tmp_path / "snap.pkl"))
+    restored.on_trial_result("a", res(2, 0.3))  # resume_errored: runs on from its checkpoint
+    restored.on_trial_complete("a", res(3, 0.25))
+    trials = study_of(url, "s").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params == trials[0].params == {k: params[k] for k in trials[0].params}
+    assert trials[1].value == pytest.approx(0.25) and trials[1].user_attrs["retry_of"] == 0

@@ -409,6 +409,23 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
                                 cwd=str(log_path.parent))
 
 
+def _wait_port(port: int, timeout_s: float, node: NodeInfo) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if not node_alive(node):
+            raise ClusterError(f"the head exited before its dashboard listened on port {port}; "
+                               f"log {node.log}:\n{_tail(node.log)}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the dashboard did not listen on 127.0.0.1:{port} within "
+                               f"{timeout_s:.0f} s; see {node.log}")
+        time.sleep(0.25)
+
+
 def _read_head_address(temp_dir: str, gcs_port: int) -> str:
     """The GCS address (``IP:PORT``) the head recorded in its temp dir."""
     path = Path(temp_dir) / "ray_current_cluster"
@@ -517,6 +534,10 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
         node_env.pop(key, None)
     node_env.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})
     node_env.update(RAY_TMPDIR=temp_dir, RAY_USAGE_STATS_ENABLED="0")
+    # Job entrypoints (`seltune sweep ...` from `seltune submit`) run with the nodes'
+    # PATH: put this interpreter's scripts first, so they are the same installation.
+    node_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
+                                        node_env.get("PATH", os.defpath)])
 
     state = ClusterState(
         address=f"127.0.0.1:{gcs_port}", gcs_port=gcs_port,
@@ -554,6 +575,9 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
                 state.address = _read_head_address(temp_dir, gcs_port)
                 state.env["RAY_ADDRESS"] = state.address
                 save_state(state)
+                if dashboard_port is not None:
+                    # "Ray runtime started" comes before the dashboard listens.
+                    _wait_port(dashboard_port, timeout_s, state.nodes[0])
     except BaseException:
         # Keep Ray's temp dir: its session logs (raylet.out, gcs_server.out) say why.
         down(state, grace_s=5.0, remove_temp=False)

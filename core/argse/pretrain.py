@@ -145,11 +145,13 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
                                     mu=torch.zeros(k), t=t, class_to_group=c2g, margin="seed",
                                     top_k=config.top_k, expert_names=bundle.expert_names,
                                     device=dev)
-        metrics = model_metrics(pred, bundle, "val")
-        metrics["loss"] = float(total) / max(n_batches, 1)
-        metrics["epoch"] = float(epoch + 1)
-        logs.append({"epoch": epoch + 1, "loss": metrics["loss"],
-                     "t": t.tolist(), "val": dict(metrics)})
+        log = {"epoch": epoch + 1, "loss": float(total) / max(n_batches, 1), "t": t.tolist()}
+        if report is not None or epoch + 1 == config.epochs:  # val only where it is read
+            metrics = model_metrics(pred, bundle, "val")
+            metrics["loss"] = log["loss"]
+            metrics["epoch"] = float(epoch + 1)
+            log["val"] = dict(metrics)
+        logs.append(log)
         rng = rng_state(gen)
         ckpt = build_pretrain_checkpoint(net, config, bundle, temps, t)
         st = {"net": ckpt["gating_net_state_dict"], "optimizer": opt.state_dict(),
@@ -162,7 +164,7 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
             set_rng_state(gen, rng)
     if last_dir is None:  # resumed after the last epoch: nothing left to train
         last_dir = Path(resume_from)
-        metrics = dict(logs[-1]["val"]) if logs else {}
+        metrics = dict(logs[-1].get("val", {})) if logs else {}
     return ArgseResult(config=config, metrics=metrics, checkpoint_dir=str(last_dir),
                        checkpoint_file=str(Path(last_dir) / PRETRAIN_FILE),
                        temperatures=dict(zip(bundle.expert_names, map(float, temps))),

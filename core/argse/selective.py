@@ -298,18 +298,21 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
 
     writer = CheckpointWriter(workdir)
     last_dir = Path(resume_from) if resume_from is not None else None
-    metrics: dict[str, float] = dict(run.logs[-1]["val"]) if run.logs else {}
+    metrics: dict[str, float] = dict(run.logs[-1].get("val", {})) if run.logs else {}
 
     def finish_step(step: int, log: dict) -> None:
         nonlocal last_dir, metrics
         run.step = step
         run.calibrate()
-        metrics = model_metrics(run.predictor(), bundle, "val")
-        metrics["loss"] = log["loss"]
-        metrics["cycle"] = float(step)
         log.update({"cycle": step, "alpha": run.alpha.tolist(), "mu": run.mu.tolist(),
-                    "t": run.t_eval.tolist(), "t_learned": run.t.detach().tolist(),
-                    "val": dict(metrics)})
+                    "t": run.t_eval.tolist(), "t_learned": run.t.detach().tolist()})
+        if report is not None or step == config.cycles:
+            # val metrics only where someone reads them (a report, the result): the
+            # loop itself never looks at val
+            metrics = model_metrics(run.predictor(), bundle, "val")
+            metrics["loss"] = log["loss"]
+            metrics["cycle"] = float(step)
+            log["val"] = dict(metrics)
         run.logs.append(log)
         rng = rng_state(run.gen)
         if report is not None or step == config.cycles:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import ray
 import yaml
 
-import ray
 from tuning import submit
 from tuning.cli import build_parser
 

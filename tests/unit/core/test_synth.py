@@ -149,7 +149,8 @@ def test_stage1_bundle_has_imbalance_hard_group_and_noise():
 def test_default_bundle_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SELTUNE_CACHE", str(tmp_path / "cache"))
     path = default_bundle_path("stage1")
-    assert path == tmp_path / "cache" / "stage1-default"
+    assert path.parent == tmp_path / "cache"
+    assert path.name.startswith("stage1-default-v")  # versioned: a new generator never reuses
     assert ensure_default_bundle("stage1") == path
     stamp = (path / "manifest.json").stat().st_mtime_ns
     assert ensure_default_bundle("stage1") == path  # reused, not rebuilt

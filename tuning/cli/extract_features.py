@@ -7,6 +7,7 @@ subparsers (called by ``tuning/cli/data_cmd.py``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from core.device import DEVICE_CHOICES
 
@@ -37,11 +38,16 @@ def register(dsub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.atomic import check_output_path
     from core.bundles import save_bundle
-    from core.extract import extract_features, parse_split_ratios
+    from core.errors import InputError
+    from core.extract import extract_features, parse_split_ratios, read_labels_csv
     from tuning.cli.output import console, print_json, progress
 
     ratios = parse_split_ratios(args.split_ratios)
     out = check_output_path(args.out, args.overwrite)
+    # cheap input checks before the progress bar, so a bad path is one clean line
+    if not Path(args.images).is_dir():
+        raise InputError("no such directory", file=args.images, expected="the image root directory")
+    read_labels_csv(args.labels)
     err = console(stderr=True)
     with progress(stderr=True) as bar:
         task = bar.add_task("extract", total=None, status="")

@@ -170,3 +170,20 @@ def test_labels_csv_names_and_split():
     assert sorted(allidx.tolist()) == list(range(100))
     sizes = [len(parts[s]) for s in ("train", "val", "test")]
     assert sizes[0] == 70 and sizes[1] + sizes[2] == 30 and min(sizes[1:]) >= 14
+
+
+def test_cli_bad_paths_one_line(image_dir, dinov3_dir, tmp_path, capsys):
+    from tuning.cli import main
+
+    common = ["data", "extract-features", "--model", str(dinov3_dir), "--out",
+              str(tmp_path / "o")]
+    for extra, message in (
+        (["--images", str(image_dir), "--labels", str(tmp_path / "none.csv")], "no such file"),
+        (["--images", str(tmp_path / "nodir"), "--labels", str(image_dir / "labels.csv")],
+         "no such directory"),
+        (["--images", str(image_dir), "--labels", str(image_dir / "labels.csv"),
+          "--split-ratios", "0.9,0.2,0.1"], "split-ratios"),
+    ):
+        rc = main([*common, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and message in err[0], err

@@ -229,3 +229,19 @@ def test_cli_missing_bundle_and_wrong_kind(tmp_path, capsys):
     rc = main(["train", "stage1", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1
+
+
+def test_cli_wrong_bundle_kind_one_line(tmp_path, capsys):
+    from core.bundles import ExpertBundle, ExpertSplit
+    from tuning.cli import main
+
+    eb = ExpertBundle(expert_names=("a",), class_counts=np.array([30, 30]),
+                      class_to_group=np.array([0, 1]),
+                      splits={s: ExpertSplit(np.zeros((4, 1, 2), np.float32),
+                                             np.array([0, 1, 0, 1]))
+                              for s in ("tunev", "val", "test")})
+    save_bundle(eb, tmp_path / "argse")
+    rc = main(["train", "stage1", "--data", str(tmp_path / "argse"), "--out",
+               str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "stage1" in err[0], err

@@ -371,7 +371,9 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, x, y, gen, c
     perm = torch.randperm(n, generator=gen)
     n_micro = max(1, math.ceil(n / cfg.batch_size))
     accum = cfg.grad_accum_steps
-    total, seen = 0.0, 0
+    # summed on the device: a float() per micro-batch would force a GPU sync each step
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    seen = 0
     optimizer.zero_grad(set_to_none=True)
     for i in range(n_micro):
         idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(dev)
@@ -385,7 +387,7 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, x, y, gen, c
             outputs = model(xb)
             loss, _ = loss_fn(outputs, yb)
         scaler.scale(loss / size).backward()
-        total += float(loss.detach()) * len(idx)
+        total += loss.detach().double() * len(idx)
         seen += len(idx)
         if i + 1 == start + size:
             if cfg.max_grad_norm > 0:
@@ -397,7 +399,7 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, x, y, gen, c
             scheduler.step()
             if ema is not None:
                 ema.update(model)
-    return total / max(seen, 1)
+    return float(total.item()) / max(seen, 1)
 
 
 def _calibrate(model: torch.nn.Module, data: Stage1Data, cfg: Stage1Config,

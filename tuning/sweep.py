@@ -169,6 +169,13 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     info = get_trainable(opts.trainable)
     metrics, modes = parse_metrics(opts.metric, opts.mode)
     multi = len(metrics) > 1
+    for m in metrics:
+        if not info.reports(m):
+            raise InputError(f"not reported by {info.name}", field="--metric", value=m,
+                             expected="one of " + ", ".join(sorted(info.reported)))
+    if multi and (opts.grace_period or opts.reduction_factor):
+        print("[seltune] multi-objective sweep: no early stopping, --grace-period and "
+              "--reduction-factor are ignored", file=sys.stderr)
     for name, value, low in (("--num-samples", opts.num_samples, 1),
                              ("--max-concurrent", opts.max_concurrent, 0),
                              ("--max-failures", opts.max_failures, 0),

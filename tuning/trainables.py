@@ -54,6 +54,14 @@ class TrainableInfo:
     train_path: str
     iteration_key: str
     checkpoint_file: str
+    reported: tuple[str, ...] = ()
+
+    def reports(self, metric: str) -> bool:
+        """Whether every report of this trainable carries ``metric`` (per-group
+        ``coverage_gK`` / ``error_gK`` depend on the bundle's groups and are accepted)."""
+        import re
+
+        return metric in self.reported or bool(re.fullmatch(r"(coverage|error)_g\d+", metric))
 
     @property
     def config_class(self) -> type:
@@ -78,16 +86,27 @@ class TrainableInfo:
         return int(config.epochs)
 
 
+#: Metrics in every report (validation side), as the core trainers write them.
+_ARGSE_METRICS = ("accuracy", "area_balanced_error", "area_worst_group_error", "augrc", "aurc",
+                  "balanced_error", "coverage", "empty_groups", "loss", "selective_error",
+                  "worst_group_error")
+_STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_error", "brier", "classwise_ece",
+                   "coverage", "ece", "empty_groups", "exit_accuracy", "gate_accuracy",
+                   "gate_ece", "loss", "nll", "risk_at_coverage", "selective_error",
+                   "softmax_confidence_augrc", "softmax_confidence_coverage",
+                   "softmax_confidence_risk_at_coverage", "train_loss", "uncal_brier",
+                   "uncal_classwise_ece", "uncal_ece", "uncal_nll", "worst_group_error")
+
 TRAINABLES: dict[str, TrainableInfo] = {
     "argse-selective": TrainableInfo(
         "argse-selective", "argse", "core.argse:SelectiveConfig", "core.argse:train_selective",
-        "cycle", "gating_selective.ckpt"),
+        "cycle", "gating_selective.ckpt", _ARGSE_METRICS),
     "argse-pretrain": TrainableInfo(
         "argse-pretrain", "argse", "core.argse:PretrainConfig", "core.argse:train_pretrain",
-        "epoch", "gating_pretrained.ckpt"),
+        "epoch", "gating_pretrained.ckpt", _ARGSE_METRICS),
     "stage1": TrainableInfo(
         "stage1", "stage1", "core.stage1:Stage1Config", "core.stage1:train_stage1",
-        "epoch", "state.pt"),
+        "epoch", "state.pt", _STAGE1_METRICS),
 }
 
 

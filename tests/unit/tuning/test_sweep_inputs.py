@@ -84,3 +84,8 @@ def test_resume_and_export_of_unknown_experiments(capsys, tmp_path):
     fails(capsys, ["resume", str(tmp_path / "x")], "no such experiment")
     fails(capsys, ["export", str(tmp_path / "x"), "--out", str(tmp_path / "o")],
           "no such experiment")
+
+
+def test_metric_the_trainable_does_not_report(capsys, tmp_path):
+    fails(capsys, ["sweep", "--metric", "ece", "--storage", str(tmp_path)],
+          "not reported by argse-selective", "ece")

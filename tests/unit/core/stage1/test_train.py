@@ -245,3 +245,21 @@ def test_cli_wrong_bundle_kind_one_line(tmp_path, capsys):
                str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "stage1" in err[0], err
+
+
+def test_calibrators_and_threshold_fit_on_val_calib_only():
+    from core.stage1 import coverage_threshold, fit_calibration, model_outputs
+
+    b = _bundle(6)
+    res = train_stage1({**FAST, "target_coverage": 0.7}, b, device="cpu")
+    data = prepare_data(b, res.config.calib_fraction, res.config.seed)
+    cal = data.splits["val_calib"]
+    out = model_outputs(res.model, cal.features)
+    refit = fit_calibration(out, cal.labels, calibrator=res.config.calibrator,
+                            gate_calibrator=res.config.gate_calibrator, target_coverage=0.7,
+                            odir_lambda=res.config.odir_lambda, odir_mu=res.config.odir_mu)
+    assert refit.threshold == res.calibration.threshold
+    assert refit.gate_calibrator.params == res.calibration.gate_calibrator.params
+    scores = res.calibration.gate_calibrator.scores(out.gate)
+    assert np.mean(scores >= res.calibration.threshold) == round(0.7 * len(cal)) / len(cal)
+    assert coverage_threshold(scores, 0.7) == res.calibration.threshold

@@ -22,7 +22,7 @@ multi-node machinery costs, not real cluster scaling.
 
 Usage::
 
-    python benchmarks/cluster_scaling.py                  # N = 1,2,3; 12 trials each
+    python benchmarks/cluster_scaling.py                  # N = 1,2,3; 9 trials each
     python benchmarks/cluster_scaling.py --num-samples 12 --nodes 1,2,3 --json
     python benchmarks/cluster_scaling.py --quick          # N = 1,2; 2 trials (smoke test)
 """
@@ -42,8 +42,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHORT = ["--set", "stageA_epochs=1", "--set", "cycles=2", "--set", "b1_epochs=1",
-         "--set", "batch_size=256"]
+# Each trial must run long enough (several seconds) that throughput is about trials,
+# not about the driver's start-up: ~1 s trials finish before Ray even spreads them.
+SCHEDULE = ["--set", "stageA_epochs=2", "--set", "cycles=2", "--set", "b1_epochs=2",
+            "--set", "batch_size=128"]
+QUICK_SCHEDULE = ["--set", "stageA_epochs=1", "--set", "cycles=2", "--set", "b1_epochs=1",
+                  "--set", "batch_size=256"]
 REPORTS = 3  # stage A + 2 cycles
 
 NOTE = (
@@ -56,7 +60,8 @@ NOTE = (
 )
 
 
-def _run_one(nodes: int, num_samples: int, work: Path, seed: int) -> dict:
+def _run_one(nodes: int, num_samples: int, work: Path, seed: int,
+             schedule: list[str]) -> dict:
     from cluster import local
 
     state = local.up(nodes, 1, directory=work / f"cluster-{nodes}")
@@ -79,7 +84,7 @@ def _run_one(nodes: int, num_samples: int, work: Path, seed: int) -> dict:
     cmd = [sys.executable, "-m", "tuning.cli", "sweep", "--address", state.address,
            "--num-samples", str(num_samples), "--storage", str(storage), "--name", name,
            "--cpus-per-trial", "1", "--device", "cpu", "--seed", str(seed),
-           "--grace-period", str(REPORTS), "--max-t", str(REPORTS), *SHORT, "--json"]
+           "--grace-period", str(REPORTS), "--max-t", str(REPORTS), *schedule, "--json"]
     try:
         tracker.start()
         t0 = time.perf_counter()
@@ -111,7 +116,7 @@ def _run_one(nodes: int, num_samples: int, work: Path, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1,2,3", help="comma-separated node counts")
-    p.add_argument("--num-samples", type=int, default=12, help="trials per sweep")
+    p.add_argument("--num-samples", type=int, default=9, help="trials per sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="N = 1,2 with 2 trials (smoke test)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cluster_scaling.json"))
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="seltune-scaling-") as tmp:
         for n in counts:
-            rows.append(_run_one(n, samples, Path(tmp) / f"n{n}", args.seed))
+            rows.append(_run_one(n, samples, Path(tmp) / f"n{n}", args.seed,
+                                 QUICK_SCHEDULE if args.quick else SCHEDULE))
             print(f"[cluster_scaling] {rows[-1]}", file=sys.stderr, flush=True)
     base = rows[0]["wall_s"] if rows and rows[0]["nodes"] == 1 else None
     for r in rows:

@@ -59,7 +59,7 @@ def test_vector_and_matrix_recover_temperature_map():
 @pytest.mark.parametrize("kind", ["matrix", "dirichlet"])
 def test_odir_shrinks_off_diagonals(kind):
     rng = np.random.default_rng(4)
-    z = rng.normal(size=(600, 4)) * 2
+    z = rng.normal(size=(300, 4)) * 2
     mix = np.array([[1.0, 0.6, 0, 0], [0, 1.0, 0.6, 0], [0, 0, 1.0, 0.6], [0.6, 0, 0, 1.0]])
     p = _softmax(z @ mix.T)
     y = np.array([rng.choice(4, p=row) for row in p])

@@ -43,9 +43,13 @@ def print_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False):
+    """A rich console; when the stream is not a terminal (a log file, CI) it is 200
+    columns wide instead of rich's 80, so wide metric tables are not truncated."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 200
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def fmt(value: Any, digits: int = 4) -> str:

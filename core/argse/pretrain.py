@@ -161,6 +161,7 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
             last_dir = writer.write(f"epoch_{epoch + 1:04d}", PRETRAIN_FILE, ckpt, st, logs)
         if report is not None:
             report(dict(metrics), str(last_dir))
+            writer.reported(last_dir)
             set_rng_state(gen, rng)
     if last_dir is None:  # resumed after the last epoch: nothing left to train
         last_dir = Path(resume_from)

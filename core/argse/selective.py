@@ -320,6 +320,7 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
                                     run.trainer_state(rng), run.logs)
         if report is not None:
             report(dict(metrics), str(last_dir))
+            writer.reported(last_dir)
             set_rng_state(run.gen, rng)
 
     if run.step < 0:

@@ -8,6 +8,7 @@ every checkpoint directory and restored on resume, and restored again after each
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,12 +64,25 @@ def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
 
 
 class CheckpointWriter:
-    """Fresh checkpoint directories ``<workdir>/<prefix>_<step>``, one per report."""
+    """Fresh checkpoint directories ``<workdir>/<prefix>_<step>``, one per report.
+
+    With ``workdir=None`` they go to a private temporary directory, and each one is
+    deleted once the *next* report has returned (the callback has had its chance to
+    copy it, as ``tune.report`` does); the final one is kept. A given ``workdir`` is
+    never pruned.
+    """
 
     def __init__(self, workdir: str | Path | None):
         self.owned = workdir is None
         self.root = Path(tempfile.mkdtemp(prefix="argse-")) if workdir is None else Path(workdir)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._previous: Path | None = None
+
+    def reported(self, directory: Path) -> None:
+        """Call after ``report`` returned for ``directory``: prunes the one before it."""
+        if self.owned and self._previous is not None and self._previous != directory:
+            shutil.rmtree(self._previous, ignore_errors=True)
+        self._previous = directory
 
     def write(self, name: str, ckpt_file: str, ckpt: dict, state: dict, logs: list) -> Path:
         d = self.root / name

@@ -152,3 +152,18 @@ def test_evaluate_rejects_mismatched_bundle(bundle, tmp_path):
     with pytest.raises(InputError, match=r"E=3, C=12.*E=3, C=10"):
         evaluate_checkpoint(res.checkpoint_dir, wrong, "val", device="cpu")
     assert (tmp_path / "epoch_0001" / STATE_FILE).is_file()
+
+
+def test_private_checkpoint_dirs_are_pruned_after_the_next_report(bundle):
+    import os
+
+    seen = []
+
+    def report(m, d):
+        seen.append(d)
+        assert os.path.isdir(d)  # the callback can always read its directory
+
+    res = train_pretrain(PretrainConfig(epochs=3, batch_size=64, hidden_dims=(16,)), bundle,
+                         report, device="cpu")
+    assert [os.path.isdir(d) for d in seen] == [False, False, True]
+    assert res.checkpoint_dir == seen[-1]

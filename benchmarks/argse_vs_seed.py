@@ -188,8 +188,12 @@ def seed_reference(config, bundle, device="cpu"):
         for lam in torch.linspace(-cfg.mu_grid_range, cfg.mu_grid_range, cfg.mu_grid_points):
             cand = torch.tensor([lam / 2.0, -lam / 2.0])
             m, pred = margin_and_prediction(eta2, alpha, cand, c2g, cfg.margin)
-            z = m - t_param.detach()[c2g[pred]]
-            accepted = z > torch.quantile(z, 1 - TARGET)  # same equal-coverage scoring
+            pg = c2g[pred]
+            accepted = torch.zeros_like(m, dtype=torch.bool)
+            for g in range(k):  # same scoring: tau_g quantile per predicted group
+                sel = pg == g
+                if sel.any():
+                    accepted[sel] = m[sel] > torch.quantile(m[sel], 1 - float(taus[g]))
             errs = []
             for g in range(k):
                 mask = (yg2 == g) & accepted
@@ -203,7 +207,7 @@ def seed_reference(config, bundle, device="cpu"):
     eta_all = eta_of(logits)
     m, pred = margin_and_prediction(eta_all, alpha, mu, c2g, cfg.margin)
     t_eval = calibrate_thresholds(m, c2g[pred], t_param.detach(), taus.tolist(),
-                                  global_target=cfg.target_coverage is not None)
+                                  global_target=False)
     return model, temps, alpha, mu, t_eval
 
 

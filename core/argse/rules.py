@@ -121,20 +121,24 @@ class MuScorer:
     candidates cost one ``[N, K] x [K, M]`` product.
 
     ``global_target``: when set, each candidate's thresholds are shifted by one constant
-    so that its coverage is the target (scoring at equal coverage); otherwise the fixed
-    ``t`` is used (the seed's B3).
+    so that its coverage is the target (scoring at equal coverage). ``group_targets``
+    ``[K]``: each candidate's threshold for predicted group k is its ``1 - tau_k``
+    quantile there. Neither: the fixed ``t`` is used (the seed's B3).
     """
 
     def __init__(self, eta, labels, label_groups, alpha, t, class_to_group, num_groups: int,
-                 variant: MarginVariant, global_target: float | None = None):
+                 variant: MarginVariant, global_target: float | None = None,
+                 group_targets: Sequence[float] | None = None):
         zero = torch.zeros(num_groups, dtype=eta.dtype, device=eta.device)
         m0, pred = margin_and_prediction(eta, alpha, zero, class_to_group, variant)
         self.base = m0 - t.to(eta.dtype)[class_to_group[pred]]  # [N]
         self.mass = eta @ F.one_hot(class_to_group, num_groups).to(eta.dtype)  # [N, K]
         self.wrong = pred != labels
         self.groups = label_groups
+        self.pred_groups = class_to_group[pred]
         self.k = num_groups
         self.global_target = global_target
+        self.group_targets = None if group_targets is None else [float(x) for x in group_targets]
 
     def errors(self, mus: torch.Tensor) -> torch.Tensor:
         """``mus [M, K]`` -> group errors ``[M, K]``."""
@@ -144,6 +148,15 @@ class MuScorer:
             accept = z > shift
         elif self.global_target is not None:
             accept = torch.ones_like(z, dtype=torch.bool)
+        elif self.group_targets is not None:
+            thr = torch.zeros_like(z)
+            for g, tau in enumerate(self.group_targets):
+                sel = self.pred_groups == g
+                if sel.any() and tau < 1.0:
+                    thr[sel] = torch.quantile(z[sel], 1.0 - tau, dim=0, keepdim=True)
+                elif sel.any():
+                    thr[sel] = z[sel].min(0, keepdim=True).values - 1e-6
+            accept = z > thr
         else:
             accept = z > 0
         return group_errors(accept, self.wrong, self.groups, self.k)

@@ -163,8 +163,11 @@ class _Run:
     def b3(self) -> dict[str, float]:
         cfg = self.cfg
         _, eta = gate_all(self.net, self.s2.features, self.s2.probs)
+        # score mu where the model will operate: at the coverage targets under the
+        # evaluation rule (see SelectiveConfig, mu_ema) unless thresholds stay as learnt
+        per_group = self.targets.tolist() if cfg.calibrate_thresholds else None
         scorer = MuScorer(eta, self.s2.labels, self.s2.groups, self.alpha, self.t.detach(),
-                          self.c2g, self.k, cfg.margin, global_target=self.global_target)
+                          self.c2g, self.k, cfg.margin, group_targets=per_group)
         best, score, errs = search_mu(
             scorer, self.mu, objective=cfg.mu_objective, grid_points=cfg.mu_grid_points,
             grid_range=cfg.mu_grid_range, eg_steps=cfg.mu_eg_steps,
@@ -177,8 +180,9 @@ class _Run:
         if self.cfg.calibrate_thresholds:
             _, eta = gate_all(self.net, self.full.features, self.full.probs)
             m, pred = margin_and_prediction(eta, self.alpha, self.mu, self.c2g, self.cfg.margin)
+            # a global target is the same tau for every group (SelectiveConfig)
             t = calibrate_thresholds(m, self.c2g[pred], t, self.targets.tolist(),
-                                     global_target=self.global_target is not None)
+                                     global_target=False)
         self.t_eval = t.float()
 
     # ---- checkpoints -----------------------------------------------------------------

@@ -107,3 +107,17 @@ def test_calibrate_thresholds_realises_coverage():
     assert abs(acc[pg == 1].float().mean().item() - 0.4) < 0.01
     t = R.calibrate_thresholds(m, pg, torch.zeros(2), [1.0, 1.0], global_target=True)
     assert (m > t[pg]).all()
+
+
+def test_scorer_at_group_targets_realises_them():
+    eta, labels, c2g = _scorer_case(seed=5)
+    sc = R.MuScorer(eta, labels, c2g[labels], torch.ones(2), torch.zeros(2), c2g, 2, "plugin",
+                    group_targets=[0.8, 0.3])
+    mus = torch.tensor([[0.0, 0.0], [0.5, -0.5], [-1.0, 1.0]])
+    z = sc.base.unsqueeze(1) + sc.mass @ mus.T
+    for j in range(3):
+        for g, tau in enumerate((0.8, 0.3)):
+            zg = z[sc.pred_groups == g, j]
+            thr = torch.quantile(zg, 1 - tau)
+            assert abs((zg > thr).float().mean().item() - tau) < 0.01
+    assert sc.errors(mus).shape == (3, 2)

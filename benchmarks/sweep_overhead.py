@@ -5,8 +5,9 @@ The same N (default 32) argse-selective trials — configs drawn once from the
 run to the end of the default schedule (no early stopping on either side):
 
 - **serial**: ``optuna.Study.optimize`` in this process, one trial after another,
-  ``train_selective`` called directly (torch threads = ``--serial-threads``, default 2:
-  the whole machine for one trial at a time);
+  ``train_selective`` called directly, once per torch thread count in
+  ``--serial-threads`` (default ``1 2``: one core, or the whole machine for one trial
+  at a time); the ratio is taken against the faster of them;
 - **seltune**: ``seltune sweep`` in a subprocess on a fresh local Ray with ``--num-cpus``
   (default 2) and one CPU per trial (two trials at a time), ``--grace-period = --max-t``
   so ASHA stops nothing. Its wall time includes interpreter start, Ray start and stop.
@@ -136,7 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--num-cpus", type=int, default=2)
-    ap.add_argument("--serial-threads", type=int, default=2)
+    ap.add_argument("--serial-threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="4 trials, 1+1 cycle schedule")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_overhead.json"))
@@ -154,19 +155,23 @@ def main() -> None:
     bundle = load_bundle(data)
     configs = draw_configs(n, args.seed)
 
-    serial = run_serial(configs, bundle, fixed, args.serial_threads)
-    print(f"serial:  {serial['wall_s']:.1f} s for {n} trials", file=sys.stderr)
+    serials = []
+    for threads in args.serial_threads:
+        serials.append(run_serial(configs, bundle, fixed, threads))
+        print(f"serial ({threads} thread(s)): {serials[-1]['wall_s']:.1f} s for {n} trials",
+              file=sys.stderr, flush=True)
+    serial = min(serials, key=lambda r: r["wall_s"])
     tuned = run_seltune(configs, data, fixed, args.num_cpus, max_t)
     print(f"seltune: {tuned['wall_s']:.1f} s for {tuned['trials']} trials", file=sys.stderr)
     slots = min(args.num_cpus, n)
     result = {
         "trials": n, "schedule": {"stageA_epochs": cfg.stageA_epochs, "cycles": cfg.cycles,
                                   "b1_epochs": cfg.b1_epochs},
-        "num_cpus": args.num_cpus, "serial": serial, "seltune": tuned,
+        "num_cpus": args.num_cpus, "serial_runs": serials, "serial": serial, "seltune": tuned,
         "wall_ratio_seltune_over_serial": tuned["wall_s"] / serial["wall_s"],
         "seltune_startup_per_trial_s": (slots * tuned["wall_s"] - tuned["trial_compute_s"]) / n,
         "serial_overhead_per_trial_s": (serial["wall_s"] - serial["trial_compute_s"]) / n,
-        "machine": {"cpus": os.cpu_count()},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -23,11 +23,13 @@ trainables: a trial keeps no state outside the call, all of it is rebuilt from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -157,16 +159,18 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     workdir = tempfile.mkdtemp(prefix="seltune-trial-")
-    try:
-        resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            # A private copy: the trainer reads it while new checkpoints are written.
-            resume_from = checkpoint.to_directory(os.path.join(workdir, "resume"))
-        info.train_function(cfg, bundle, report, resume_from=resume_from, device=device,
-                            workdir=os.path.join(workdir, "ckpt"))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # Ray forwards a worker's stdout to the driver's stdout; keep that for `--json`.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            resume_from = None
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                # A private copy: the trainer reads it while new checkpoints are written.
+                resume_from = checkpoint.to_directory(os.path.join(workdir, "resume"))
+            info.train_function(cfg, bundle, report, resume_from=resume_from, device=device,
+                                workdir=os.path.join(workdir, "ckpt"))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _named(trainable: str):

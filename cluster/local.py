@@ -553,7 +553,9 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
     try:
         for index in range(nodes):
             head = index == 0
-            for attempt in range(1 if head else _WORKER_ATTEMPTS):
+            # The head is retried only on a port we chose (a user's --port is kept).
+            attempts = 1 if head and port is not None else _START_ATTEMPTS
+            for attempt in range(attempts):
                 node = _start_node(state, ray, index, node_env, dashboard_port, wrap_node,
                                    logs / f"node-{index}.log")
                 try:
@@ -563,16 +565,19 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
                     _wait_ready([node], timeout_s)
                     break
                 except ClusterError:
-                    if head or attempt + 1 == _WORKER_ATTEMPTS:
+                    if attempt + 1 == attempts:
                         raise
                     stop_node(node, grace_s=2.0)
                     state.nodes.remove(node)
                     failed_log = Path(node.log)
                     failed_log.rename(failed_log.with_suffix(f".failed{attempt + 1}.log"))
+                    if head:  # its GCS port may have been taken meanwhile: pick another
+                        state.gcs_port = free_port()
+                        state.address = f"127.0.0.1:{state.gcs_port}"
             if head:
                 # Workers need the head's GCS; they use the address Ray itself
                 # advertises (written to TEMP/ray_current_cluster).
-                state.address = _read_head_address(temp_dir, gcs_port)
+                state.address = _read_head_address(temp_dir, state.gcs_port)
                 state.env["RAY_ADDRESS"] = state.address
                 save_state(state)
                 if dashboard_port is not None:
@@ -586,7 +591,7 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
     return state
 
 
-_WORKER_ATTEMPTS = 3
+_START_ATTEMPTS = 3
 
 
 def _start_node(state: ClusterState, ray: list[str], index: int, node_env: dict[str, str],

@@ -13,7 +13,8 @@ calibrated on ``tunev`` for the target coverage, metrics on ``test`` by
   over groups, B3 evaluating the 41 candidates one by one.
 
 Each side runs in its own subprocess (so peak RSS, ``ru_maxrss``, is its own) on
-``--threads`` torch threads; each seltune configuration runs ``--repeats`` times and
+``--threads`` torch threads, after one short warm-up run of the same code (both sides;
+``--no-warmup`` to skip); each seltune configuration runs ``--repeats`` times and
 the fastest wall time is reported (the seed loop runs once: it takes a minute or more,
 so load spikes average out). Also a batch-size sweep of the seltune loop, which is how
 the default batch size was chosen. Prints a JSON summary and, with ``--markdown``, the
@@ -214,7 +215,8 @@ def seed_reference(config, bundle, device="cpu"):
 # --------------------------------------------------------------------------- workers
 
 
-def worker(kind: str, quick: bool, batch_size: int | None, threads: int) -> dict:
+def worker(kind: str, quick: bool, batch_size: int | None, threads: int,
+           warmup: bool = True) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -226,6 +228,14 @@ def worker(kind: str, quick: bool, batch_size: int | None, threads: int) -> dict
 
     bundle = load_expert_bundle(ensure_default_bundle("argse"))
     cfg = _config(quick, batch_size)
+    if warmup:
+        # one short run of the same code first (1 Stage A epoch, 1 cycle), so neither
+        # side's time includes torch's one-off lazy initialisation
+        warm = _config(True, batch_size)
+        if kind == "seltune":
+            train_selective(warm, bundle, device="cpu")
+        else:
+            seed_reference(warm, bundle)
     start = time.perf_counter()
     if kind == "seltune":
         res = train_selective(cfg, bundle, device="cpu")
@@ -248,8 +258,11 @@ def worker(kind: str, quick: bool, batch_size: int | None, threads: int) -> dict
             "test_augrc": test["augrc"]}
 
 
-def _spawn(kind: str, quick: bool, batch_size: int | None, threads: int) -> dict:
+def _spawn(kind: str, quick: bool, batch_size: int | None, threads: int,
+           warmup: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--threads", str(threads)]
+    if not warmup:
+        cmd.append("--no-warmup")
     if quick:
         cmd.append("--quick")
     if batch_size is not None:
@@ -267,26 +280,30 @@ def main(argv=None) -> int:
                    help="batch sizes of the seltune loop to sweep ('' to skip)")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each seltune configuration; the fastest is reported")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="time the first run in each process (includes torch's lazy init)")
     p.add_argument("--markdown", action="store_true", help="also print the RESULTS.md section")
     p.add_argument("--worker", choices=("seltune", "seed"), help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.quick, args.batch_size, args.threads)))
+        print(json.dumps(worker(args.worker, args.quick, args.batch_size, args.threads,
+                                args.warmup)))
         return 0
     def best_of(batch_size):
         # the seltune runs are seconds long, so load spikes on a shared machine distort
         # them most: take the fastest of --repeats (results are identical: same seed)
-        runs = [_spawn("seltune", args.quick, batch_size, args.threads)
+        runs = [_spawn("seltune", args.quick, batch_size, args.threads, args.warmup)
                 for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["wall_s"])
         return {**best, "wall_s_all": [r["wall_s"] for r in runs]}
 
     fast = best_of(None)
-    seed = _spawn("seed", args.quick, None, args.threads)
+    seed = _spawn("seed", args.quick, None, args.threads, args.warmup)
     sweep = [best_of(int(b)) for b in args.sweep.split(",") if b.strip()]
     summary = {
-        "quick": args.quick, "threads": args.threads, "target_coverage": TARGET,
+        "quick": args.quick, "threads": args.threads, "warmup": args.warmup,
+        "target_coverage": TARGET,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "seltune": fast, "seed": seed, "sweep": sweep,
         "speedup": seed["wall_s"] / fast["wall_s"],

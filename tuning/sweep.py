@@ -281,9 +281,10 @@ class LedgerCallback(_ray_callback_base()):
 
     ``{"trials": {TRIAL_ID: {"trial_id", "status", "config", "dir", "iterations",
     "error", "history": {ITERATION: {metric: value, ..., "checkpoint_dir_name"}}}},
-    "updated": UNIX_TIME}``. Written atomically on every result and state change
-    (throttled to twice a second for status-only changes), so it is readable at any
-    time and at most a moment behind after a crash. A restored sweep merges into the
+    "updated": UNIX_TIME}``. Written atomically at most twice a second while results
+    and state changes arrive, and at once when a trial ends, so it is readable at any
+    time and at most half a second behind after a crash (Ray's own result.json files
+    and the restored trials fill that gap on resume). A restored sweep merges into the
     existing ledger, keyed by iteration, so repeated iterations are not duplicated.
     """
 
@@ -346,7 +347,7 @@ class LedgerCallback(_ray_callback_base()):
         entry["history"][str(it)] = _metrics_of(result)
         entry["iterations"] = max(int(entry.get("iterations", 0)), it)
         entry["status"] = trial.status
-        self._write(force=True)
+        self._write()  # throttled; on_step_end flushes the rest
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._entry(trial)["status"] = "TERMINATED"

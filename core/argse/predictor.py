@@ -71,8 +71,12 @@ class ArgsePredictor:
     @torch.no_grad()
     def posterior(self, logits) -> torch.Tensor:
         """Mixture posterior ``eta [N, C]`` (on the predictor's device)."""
-        logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor)
-                                 else logits, dtype=torch.float32).to(self.device)
+        if not isinstance(logits, torch.Tensor):
+            arr = np.asarray(logits, dtype=np.float32)
+            if not arr.flags.writeable:  # bundles are read-only zero-copy views
+                arr = arr.copy()
+            logits = torch.from_numpy(arr)
+        logits = logits.to(self.device, torch.float32)
         self._check(logits)
         probs = torch.softmax(apply_temperatures(logits, self.temperatures), dim=-1)
         feats = GatingFeatureBuilder(self.top_k).from_probs(probs)

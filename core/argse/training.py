@@ -98,7 +98,11 @@ def load_state(resume_from: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError("no trainer state to resume from", file=path,
                          expected="a checkpoint directory written by an AR-GSE trainer")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise InputError(f"cannot read trainer state: {exc}".splitlines()[0],
+                         file=path) from None
 
 
 def optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:

@@ -5,6 +5,7 @@ No Ray here: the training functions take a ``report(metrics, checkpoint_dir)``
 callback and run the same under Tune, in a test or from ``seltune train``.
 """
 
+from core.argse.baselines import BASELINE_NAMES, baseline_metrics, fit_baselines
 from core.argse.checkpoint import (
     LOGS_FILE,
     PRETRAIN_FILE,
@@ -28,6 +29,7 @@ from core.argse.temperature import apply_temperatures, fit_temperature, fit_temp
 from core.argse.training import ArgseResult
 
 __all__ = [
+    "BASELINE_NAMES",
     "DEFAULT_BATCH_SIZE",
     "LOGS_FILE",
     "PRETRAIN_FILE",
@@ -39,8 +41,10 @@ __all__ = [
     "PretrainConfig",
     "SelectiveConfig",
     "apply_temperatures",
+    "baseline_metrics",
     "check_bundle_matches",
     "evaluate_checkpoint",
+    "fit_baselines",
     "fit_temperature",
     "fit_temperatures",
     "gating_feature_dim",

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "submit", help="submit a seltune command (e.g. a sweep) to a Ray cluster as a job",
         description="Submit `seltune ARGS...` as a Ray job through Ray's job submission API. "
         "Example: seltune submit --address http://HEAD:8265 -- sweep --num-samples 64 "
-        "--address auto --storage s3://bucket/exp",
+        "--address auto --storage /mnt/shared/seltune (a directory every node mounts)",
     )
     submit.add_argument("--address", help="job server URL, e.g. http://HEAD:8265 "
                         "(default: $RAY_API_SERVER_ADDRESS, else the local cluster's)")

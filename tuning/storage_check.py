@@ -11,7 +11,8 @@ file with a random token; a zero-CPU task pinned to each alive node reads it bac
 (same token) and writes its own file; the driver then reads each node's file. A
 directory that exists on every machine but is not the same directory (e.g. a local
 ``/data`` on each node) therefore fails too. Probe files live under
-``STORAGE/.seltune-probe-<token>/`` and are removed afterwards.
+``STORAGE/.seltune-probe-<token>/`` and are removed afterwards. The probe also accepts a
+pyarrow URI (``s3://...``), though ``seltune sweep`` itself takes directory paths only.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from typing import Any
 
 from core.errors import InputError
 
-EXPECTED = ("a storage path every node sees at the same place (a shared file system such "
-            "as NFS mounted on all nodes) or a pyarrow URI such as s3://bucket/dir that "
-            "every node can read and write")
+EXPECTED = ("a directory every node sees at the same path and can write (a shared file "
+            "system such as NFS/EFS mounted on all nodes)")
 
 
 def _filesystem(storage: str) -> tuple[Any, str]:

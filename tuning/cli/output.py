@@ -72,7 +72,11 @@ def print_table(
 
     table = Table(title=title, show_lines=False)
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        # the first column names rows (baselines like "plugin_worst"): never truncate it
+        if i == 0:
+            table.add_column(col, justify="left", no_wrap=True, min_width=12)
+        else:
+            table.add_column(col, justify="right")
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
     console(stderr).print(table)

@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,15 +269,22 @@ def ray_command() -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def _has_module(name: str) -> bool:
+def _has_module(name: str, extra_paths: Sequence[str | Path] = ()) -> bool:
+    """Whether top-level module ``name`` is importable here, or from ``extra_paths``
+    (directories a node gets on its PYTHONPATH; this process's sys.path is unchanged)."""
+    import importlib.machinery
     import importlib.util
 
-    return importlib.util.find_spec(name) is not None
+    if importlib.util.find_spec(name) is not None:
+        return True
+    paths = [str(p) for p in extra_paths]
+    return bool(paths) and importlib.machinery.PathFinder.find_spec(name, paths) is not None
 
 
-def dashboard_available() -> bool:
-    """Whether the dashboard / job server can run: it needs ``ray[default]`` (aiohttp...)."""
-    return all(_has_module(m) for m in
+def dashboard_available(extra_paths: Sequence[str | Path] = ()) -> bool:
+    """Whether the dashboard / job server can run: it needs ``ray[default]`` (aiohttp...),
+    installed in this environment or in ``extra_paths`` (see ``up(python_path=...)``)."""
+    return all(_has_module(m, extra_paths) for m in
                ("aiohttp", "aiohttp_cors", "grpc", "prometheus_client", "opencensus"))
 
 
@@ -371,7 +378,8 @@ def _validate(nodes: int, cpus_per_node: int, gpus_per_node: int, port: int | No
 
 def _node_command(ray: list[str], *, head: bool, index: int, gcs_address: str | None,
                   port: int | None, cpus: int, gpus: int, temp_dir: str,
-                  object_store_mb: int, dashboard_port: int | None) -> list[str]:
+                  object_store_mb: int, dashboard_port: int | None,
+                  python_path: Sequence[str | Path] = ()) -> list[str]:
     cmd = [
         *ray, "start", "--block", "--disable-usage-stats",
         "--num-cpus", str(cpus), "--num-gpus", str(gpus),
@@ -386,7 +394,7 @@ def _node_command(ray: list[str], *, head: bool, index: int, gcs_address: str | 
         # No --node-ip-address: on Linux Ray rewrites 127.0.0.1/localhost to the
         # machine's routable address for any multi-node cluster (see NODE_IP_NOTE).
         cmd += ["--head", "--port", str(port)]
-        if _has_module("grpc"):
+        if _has_module("grpc", python_path):
             # Only with ray[client] (grpcio) installed does the head start the client
             # server, whose default port 10001 would collide with other clusters.
             cmd += ["--ray-client-server-port", str(free_port())]
@@ -473,7 +481,8 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
        directory: str | Path | None = None, port: int | None = None,
        dashboard: bool = False, auth_mode: str = "token", object_store_mb: int = 200,
        timeout_s: float = 180.0,
-       wrap_node: Callable[[int, list[str]], list[str]] | None = None) -> ClusterState:
+       wrap_node: Callable[[int, list[str]], list[str]] | None = None,
+       python_path: Sequence[str | Path] = ()) -> ClusterState:
     """Start a head and ``nodes - 1`` workers on this machine; return the saved state.
 
     Args:
@@ -491,13 +500,18 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
             another program that ``exec``s it (so the pid stays the node's leader),
             e.g. ``unshare -m ...`` to give one node a private view of a directory
             in the storage tests.
+        python_path: directories appended to every node's ``PYTHONPATH`` (this
+            process is unchanged), e.g. a ``pip install --target`` dir holding
+            ``ray[default]``'s extra packages, so only this cluster's nodes can run the
+            dashboard. They must not shadow packages of this environment: PYTHONPATH
+            entries come before site-packages.
 
     Raises:
         InputError: bad arguments, or a live cluster already recorded in ``directory``.
         ClusterError: a node failed to start (everything started is stopped again).
     """
     _validate(nodes, cpus_per_node, gpus_per_node, port, auth_mode, object_store_mb)
-    if dashboard and not dashboard_available():
+    if dashboard and not dashboard_available(python_path):
         raise InputError(
             "the Ray dashboard / job server needs ray[default] (aiohttp, grpcio, ...), "
             "which is not installed", field="--dashboard", value=True,
@@ -538,6 +552,10 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
     # PATH: put this interpreter's scripts first, so they are the same installation.
     node_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
                                         node_env.get("PATH", os.defpath)])
+    if python_path:
+        node_env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in node_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            + [str(Path(p).resolve()) for p in python_path])
 
     state = ClusterState(
         address=f"127.0.0.1:{gcs_port}", gcs_port=gcs_port,
@@ -557,7 +575,7 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
             attempts = 1 if head and port is not None else _START_ATTEMPTS
             for attempt in range(attempts):
                 node = _start_node(state, ray, index, node_env, dashboard_port, wrap_node,
-                                   logs / f"node-{index}.log")
+                                   logs / f"node-{index}.log", python_path)
                 try:
                     # One node at a time: two `ray start`s racing on one machine
                     # pre-select the same free ports and one raylet dies with "Address
@@ -597,14 +615,15 @@ _START_ATTEMPTS = 3
 def _start_node(state: ClusterState, ray: list[str], index: int, node_env: dict[str, str],
                 dashboard_port: int | None,
                 wrap_node: Callable[[int, list[str]], list[str]] | None,
-                log: Path) -> NodeInfo:
+                log: Path, python_path: Sequence[str | Path] = ()) -> NodeInfo:
     """Spawn node ``index`` and record it in ``state`` (saved at once, so that `down`
     can always stop it, even if this process dies right after)."""
     head = index == 0
     cmd = _node_command(ray, head=head, index=index, gcs_address=state.address,
                         port=state.gcs_port, cpus=state.cpus_per_node,
                         gpus=state.gpus_per_node, temp_dir=state.temp_dir,
-                        object_store_mb=state.object_store_mb, dashboard_port=dashboard_port)
+                        object_store_mb=state.object_store_mb, dashboard_port=dashboard_port,
+                        python_path=python_path)
     if wrap_node is not None:
         cmd = list(wrap_node(index, cmd))
     proc = _spawn(cmd, node_env, log)

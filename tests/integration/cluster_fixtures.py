@@ -6,6 +6,10 @@
 - ``postgres_url``: a private PostgreSQL on 127.0.0.1 started by ``scripts/postgres.sh``
   (installed with apt-get if missing), stopped by pid at the end of the session.
 - ``driver_env(state)``: point this process's Ray at a cluster (token auth included).
+- ``ray_default_path``: a directory holding the packages of Ray's ``default`` extra
+  (the dashboard / job server: aiohttp, grpcio, ...), pip-installed once into a cache
+  and given to one cluster's nodes with ``up(python_path=[...])``, so the base install
+  (and every other test's Ray) stays without them.
 - ``PidTracker``: records which node each Ray worker pid belongs to while it lives,
   so trials (whose results carry the ``pid`` of their actor) can be mapped to nodes:
   every node has the same IP here, so ``node_ip`` cannot tell them apart.
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +27,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +177,165 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run(["bash", script, "stop", directory], capture_output=True, timeout=120)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- ray[default]
+
+
+def ray_default_requirements() -> list[str]:
+    """Requirements Ray's ``default`` extra adds to the base install, from Ray's own
+    metadata (markers evaluated for this interpreter), e.g. ``["aiohttp>=3.14.4", ...]``."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    out = []
+    for line in importlib.metadata.requires("ray") or []:
+        req = Requirement(line)
+        # A base requirement (no extra) evaluates true for extra == "default" too.
+        if req.marker is None or not req.marker.evaluate({"extra": "default"}) \
+                or req.marker.evaluate({"extra": ""}):
+            continue
+        req.marker = None
+        out.append(str(req))
+    return out
+
+
+def _venv_versions() -> dict[str, str]:
+    """Canonical name -> version of every distribution this interpreter sees (the first
+    one on sys.path wins), leaving out editable / direct-URL installs (not on an index)."""
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    versions: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and dist.read_text("direct_url.json") is None:
+            versions.setdefault(canonicalize_name(name), dist.version)
+    return versions
+
+
+def _pip(args: list[str], log: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    # No --index-url / --isolated: the user's pip config (index, find-links, cert) applies.
+    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-input"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    log += [f"$ {' '.join(cmd)}  (rc {proc.returncode})", proc.stdout, proc.stderr]
+    return proc
+
+
+def _index_urls() -> list[str]:
+    """The index URL(s) pip would use: PIP_INDEX_URL, else ``index-url`` from the pip
+    config, else PyPI's; only http(s) ones (a ``file://`` index is always reachable)."""
+    urls = [os.environ["PIP_INDEX_URL"]] if os.environ.get("PIP_INDEX_URL") else []
+    if not urls:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                              capture_output=True, text=True, timeout=60)
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key.endswith(".index-url") and not key.endswith("extra-index-url"):
+                urls = [value.strip().strip("'\"")]
+    urls = urls or ["https://pypi.org/simple/"]
+    return [u for u in urls if u.startswith(("http://", "https://"))]
+
+
+def _unreachable_index() -> str | None:
+    """``"URL (error)"`` of the first index pip cannot reach, or None if all answer."""
+    for url in _index_urls():
+        try:
+            with urllib.request.urlopen(url, timeout=20):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered: reachable
+        except (urllib.error.URLError, OSError) as exc:
+            return f"{url} ({exc})"
+    return None
+
+
+def _install_ray_default(target: Path, requirements: list[str], venv: dict[str, str],
+                         log: list[str]) -> None:
+    """pip-install into ``target`` exactly what ``requirements`` need beyond this venv.
+
+    A dry run in this venv, with every installed distribution pinned by a constraints
+    file, resolves what is missing (installed packages are reused, never upgraded:
+    a conflict fails here instead); those exact pins are then installed with
+    ``--no-deps --target``, so ``target`` never holds a second version of anything
+    the venv has (PYTHONPATH comes before site-packages and would shadow it), nor Ray.
+    """
+    work = target.parent
+    constraints = work / "constraints.txt"
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(venv.items())))
+    report = work / "report.json"
+    proc = _pip(["install", "--dry-run", "--report", str(report),
+                 "-c", str(constraints), *requirements], log)
+    if proc.returncode != 0:
+        raise _PipFailed("resolving")
+    pins = [f"{item['metadata']['name']}=={item['metadata']['version']}"
+            for item in json.loads(report.read_text())["install"]]
+    proc = _pip(["install", "--no-deps", "--target", str(target), *pins], log)
+    if proc.returncode != 0:
+        raise _PipFailed("installing")
+
+
+class _PipFailed(Exception):
+    pass
+
+
+@pytest.fixture(scope="session")
+def ray_default_path() -> Path:
+    """A directory with the packages of ``ray[default]`` this venv lacks (for PYTHONPATH).
+
+    Cached in ``$XDG_CACHE_HOME/seltune`` (default ``~/.cache/seltune``) under a name
+    keyed by Ray's and Python's versions and a hash of the requirements and of every
+    installed distribution's version (a changed venv gets a fresh dir); built in a
+    temporary sibling and renamed into place, so a present dir is always complete and
+    concurrent sessions never see a half-built one. Skips the test, with the reason,
+    only when the package index cannot be reached; any other pip failure is an error.
+    """
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    requirements = ray_default_requirements()
+    venv = _venv_versions()
+    if not requirements:
+        raise AssertionError("Ray's metadata lists no requirement for its `default` extra")
+    key = hashlib.sha256(json.dumps([requirements, sorted(venv.items())]).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seltune"
+    target = cache / (f"ray-default-{importlib.metadata.version('ray')}-py"
+                      f"{sys.version_info.major}{sys.version_info.minor}-{key.hexdigest()[:12]}")
+    if not target.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
+        log: list[str] = []
+        started = time.monotonic()
+        try:
+            try:
+                _install_ray_default(work / "site", requirements, venv, log)
+            except (_PipFailed, subprocess.TimeoutExpired) as exc:
+                unreachable = _unreachable_index()
+                detail = "\n".join(log)[-3000:]
+                if unreachable is not None:
+                    pytest.skip(f"the package index {unreachable} is unreachable, so Ray's "
+                                f"job server packages (ray[default]: {', '.join(requirements)}) "
+                                "cannot be installed")
+                raise RuntimeError(f"pip failed {exc} ray[default]'s packages "
+                                   f"{requirements}:\n{detail}") from None
+            log.append(f"installed in {time.monotonic() - started:.1f} s")
+            (work / "site" / "_seltune_install.log").write_text("\n".join(log))
+            try:
+                os.rename(work / "site", target)
+            except OSError:
+                if not target.is_dir():  # not merely beaten to it by another session
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    # Guard the no-shadowing promise (an older cache or a changed venv could break it).
+    shadowing = sorted(
+        d.metadata["Name"] for d in importlib.metadata.distributions(path=[str(target)])
+        if canonicalize_name(d.metadata["Name"]) in venv or
+        canonicalize_name(d.metadata["Name"]) == "ray")
+    assert not shadowing, f"{target} would shadow this venv's {shadowing}: delete it"
+    assert local.dashboard_available([target]), \
+        f"{target} lacks the dashboard's modules; see {target}/_seltune_install.log"
+    return target

@@ -247,6 +247,9 @@ def read_json(path: Path) -> Any:
 def save_spec(spec: SweepSpec) -> Path:
     path = seltune_dir(spec.path) / SPEC_FILE
     write_json(path, spec.to_dict())
+    # resume reconnects to the study with the saved URL, which may carry a database
+    # password: keep the spec readable by its owner only.
+    path.chmod(0o600)
     return path
 
 

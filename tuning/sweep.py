@@ -480,6 +480,13 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
 
     path = spec.path
     with ray_session(spec.address, num_cpus=num_cpus):
+        if spec.address != "local":
+            # On a real cluster every node must see the experiment directory (trial
+            # checkpoints, ASHA state); fail now, naming the path and the node, rather
+            # than deep inside Tune at the first checkpoint.
+            from tuning.storage_check import check_storage_reachable
+
+            check_storage_reachable(spec.storage)
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial)

@@ -123,6 +123,9 @@ def fit_plugin(eta: torch.Tensor, labels: torch.Tensor, class_to_group: torch.Te
             best = (float(errs.max()), alpha, mu)
         beta = beta * torch.exp(eg_step_size * errs)
         beta = beta / beta.sum()
+    if best is None:  # the loop never ran: there is no iterate to return
+        raise ValueError(f"fit_plugin: eg_steps must be >= 1 for the worst objective, "
+                         f"got {eg_steps}")
     return best[1].float(), best[2].float()
 
 

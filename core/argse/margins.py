@@ -24,6 +24,15 @@ MarginVariant = Literal["seed", "plugin"]
 MARGIN_VARIANTS = ("seed", "plugin")
 
 
+def as_margin_variant(value: str) -> MarginVariant:
+    """``value`` narrowed to :data:`MarginVariant`; ValueError naming it otherwise."""
+    if value == "seed":
+        return "seed"
+    if value == "plugin":
+        return "plugin"
+    raise ValueError(f"margin variant {value!r}: expected one of {MARGIN_VARIANTS}")
+
+
 def _per_class(values: torch.Tensor, class_to_group: torch.Tensor) -> torch.Tensor:
     return values.to(class_to_group.device)[class_to_group]
 

@@ -21,7 +21,7 @@ from core.argse.data import split_tensors
 from core.argse.evaluation import selective_metrics
 from core.argse.features import GatingFeatureBuilder, gating_feature_dim
 from core.argse.gating import GatingNet, gate_all
-from core.argse.margins import margin_and_prediction
+from core.argse.margins import as_margin_variant, margin_and_prediction
 from core.argse.temperature import apply_temperatures
 from core.device import resolve_device
 from core.errors import InputError
@@ -90,7 +90,7 @@ class ArgsePredictor:
         eta = self.posterior(logits)
         c2g = self.class_to_group.to(eta.device)
         m, pred = margin_and_prediction(eta, self.alpha.to(eta.device), self.mu.to(eta.device),
-                                        c2g, self.margin_variant)
+                                        c2g, as_margin_variant(self.margin_variant))
         conf = m - self.t.to(eta.device, eta.dtype)[c2g[pred]]
         return pred.cpu(), (conf > 0).cpu(), m.cpu(), conf.cpu()
 

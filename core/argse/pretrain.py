@@ -10,6 +10,7 @@ selective metrics is Chow's on the gated mixture (alpha = 1, mu = 0: margin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,7 +120,8 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
         set_rng_state(gen, state["rng"])
 
     writer = CheckpointWriter(workdir)
-    last_dir, metrics = None, {}
+    last_dir: Path | None = None
+    metrics: dict[str, float] = {}
     for epoch in range(start, config.epochs):
         net.train()
         total, n_batches = torch.zeros((), device=dev), 0
@@ -145,7 +147,8 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
                                     mu=torch.zeros(k), t=t, class_to_group=c2g, margin="seed",
                                     top_k=config.top_k, expert_names=bundle.expert_names,
                                     device=dev)
-        log = {"epoch": epoch + 1, "loss": float(total) / max(n_batches, 1), "t": t.tolist()}
+        log: dict[str, Any] = {"epoch": epoch + 1, "loss": float(total) / max(n_batches, 1),
+                               "t": t.tolist()}
         if report is not None or epoch + 1 == config.epochs:  # val only where it is read
             metrics = model_metrics(pred, bundle, "val")
             metrics["loss"] = log["loss"]
@@ -158,12 +161,16 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
               "rng": rng, "epoch": epoch + 1, "logs": logs, "temperatures": list(temps),
               "config": cfg_dict}
         if report is not None or epoch + 1 == config.epochs:
-            last_dir = writer.write(f"epoch_{epoch + 1:04d}", PRETRAIN_FILE, ckpt, st, logs)
-        if report is not None:
-            report(dict(metrics), str(last_dir))
-            writer.reported(last_dir)
-            set_rng_state(gen, rng)
+            written = writer.write(f"epoch_{epoch + 1:04d}", PRETRAIN_FILE, ckpt, st, logs)
+            last_dir = written
+            if report is not None:
+                report(dict(metrics), str(written))
+                writer.reported(written)
+                set_rng_state(gen, rng)
     if last_dir is None:  # resumed after the last epoch: nothing left to train
+        if resume_from is None:
+            raise ValueError(f"train_pretrain: no epoch was trained and there is nothing to "
+                             f"resume from (epochs={config.epochs})")
         last_dir = Path(resume_from)
         metrics = dict(logs[-1].get("val", {})) if logs else {}
     return ArgseResult(config=config, metrics=metrics, checkpoint_dir=str(last_dir),

@@ -224,6 +224,9 @@ def search_mu(scorer: MuScorer, current_mu: torch.Tensor, *, objective: str = "w
             best = (mu.clone(), worst, errs.clone())
         beta = beta * torch.exp(eg_step_size * errs)
         beta = beta / beta.sum()
+    if best is None:  # the loop never ran: there is no iterate to return
+        raise ValueError(f"search_mu: eg_steps must be >= 1 for the worst objective, "
+                         f"got {eg_steps}")
     return best
 
 

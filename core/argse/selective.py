@@ -320,12 +320,13 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         run.logs.append(log)
         rng = rng_state(run.gen)
         if report is not None or step == config.cycles:
-            last_dir = writer.write(f"cycle_{step:04d}", SELECTIVE_FILE, run.checkpoint(),
-                                    run.trainer_state(rng), run.logs)
-        if report is not None:
-            report(dict(metrics), str(last_dir))
-            writer.reported(last_dir)
-            set_rng_state(run.gen, rng)
+            written = writer.write(f"cycle_{step:04d}", SELECTIVE_FILE, run.checkpoint(),
+                                   run.trainer_state(rng), run.logs)
+            last_dir = written
+            if report is not None:
+                report(dict(metrics), str(written))
+                writer.reported(written)
+                set_rng_state(run.gen, rng)
 
     if run.step < 0:
         losses = [run.stage_a_epoch() for _ in range(config.stageA_epochs)]
@@ -339,6 +340,9 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         b3 = run.b3()
         log = {"stage": "B", "loss": parts.get("loss", float("nan")), **parts, **b3}
         finish_step(cycle, log)
+    if last_dir is None:  # only reachable if no step ran and nothing was resumed
+        raise ValueError(f"train_selective: no cycle was run and there is nothing to resume "
+                         f"from (cycles={config.cycles})")
     return ArgseResult(
         config=config, metrics=metrics, checkpoint_dir=str(last_dir),
         checkpoint_file=str(Path(last_dir) / SELECTIVE_FILE),

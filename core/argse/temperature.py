@@ -37,9 +37,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     for _ in range(max_iter):
         xg = x.clone().requires_grad_(True)
         val = _nll(logits, labels, xg)
-        (g,) = torch.autograd.grad(val, xg, create_graph=True)
-        (h,) = torch.autograd.grad(g, xg)
-        g, h = float(g.detach()), float(h.detach())
+        (g_t,) = torch.autograd.grad(val, xg, create_graph=True)
+        (h_t,) = torch.autograd.grad(g_t, xg)
+        g, h = float(g_t.detach()), float(h_t.detach())
         if abs(g) < tol:
             break
         step = -g / h if h > 1e-12 else -g  # gradient step where not convex

@@ -50,7 +50,8 @@ class ArgseResult:
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"generator": generator.get_state(),
+                             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

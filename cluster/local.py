@@ -695,7 +695,7 @@ def down(state: ClusterState, *, grace_s: float = 10.0, remove_temp: bool = True
 
 def status(state: ClusterState) -> dict[str, Any]:
     """A JSON-able summary: address, auth mode, and for each node whether it is alive."""
-    nodes = []
+    nodes: list[dict[str, Any]] = []
     for n in state.nodes:
         alive = node_alive(n)
         nodes.append({"index": n.index, "role": n.role, "pid": n.pid, "alive": alive,

@@ -70,7 +70,8 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
     asha = load_asha_state(path) or {}
     stopped = set(asha.get("stopped", {}))
     metric, mode = spec.metric, spec.mode
-    trials, counts = [], {}
+    trials: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
     best = None
     for entry in sorted(ledger["trials"].values(), key=lambda e: e.get("order", 0)):
         status = trial_status(entry, stopped)
@@ -97,11 +98,12 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
         "trials": trials,
     }
     if spec.multi_objective:
-        points = {}
+        points: dict[str, list[float]] = {}
         for t in trials:
             values = [_num(t["metrics"].get(m)) for m in spec.metrics]
-            if t["status"] in ("TERMINATED",) and all(v is not None for v in values):
-                points[t["trial_id"]] = values
+            present = [v for v in values if v is not None]
+            if t["status"] in ("TERMINATED",) and len(present) == len(values):
+                points[t["trial_id"]] = present
         out["pareto"] = pareto_front(points, spec.modes)
     return out
 

@@ -47,15 +47,17 @@ def run_train(args: argparse.Namespace) -> int:
     from tuning.cli.output import console, print_train_result, progress
 
     mode = MODES[args.trainable]
-    cls, trainer, ckpt_name = {
-        "pretrain": (PretrainConfig, train_pretrain, PRETRAIN_FILE),
-        "selective": (SelectiveConfig, train_selective, SELECTIVE_FILE),
-    }[mode]
-    config = build_config(cls, args.config, args.overrides)
+    config: PretrainConfig | SelectiveConfig
+    if mode == "pretrain":
+        config = build_config(PretrainConfig, args.config, args.overrides)
+        ckpt_name = PRETRAIN_FILE
+    else:
+        config = build_config(SelectiveConfig, args.config, args.overrides)
+        ckpt_name = SELECTIVE_FILE
     out = check_output_path(args.out, args.overwrite)
     device = resolve_device(args.device)
     bundle = load_expert_bundle(args.data)
-    total = config.epochs if mode == "pretrain" else config.cycles + 1
+    total = config.epochs if isinstance(config, PretrainConfig) else config.cycles + 1
     unit = "epoch" if mode == "pretrain" else "cycle"
 
     with tempfile.TemporaryDirectory(prefix="seltune-argse-") as work, progress() as bar:
@@ -66,7 +68,10 @@ def run_train(args: argparse.Namespace) -> int:
                 f"{unit} {int(metrics.get(unit, 0))} loss {metrics.get('loss', float('nan')):.4f} "
                 f"worst {metrics['worst_group_error']:.4f} cov {metrics['coverage']:.3f}"))
 
-        result = trainer(config, bundle, report, device=device, workdir=work)
+        if isinstance(config, PretrainConfig):
+            result = train_pretrain(config, bundle, report, device=device, workdir=work)
+        else:
+            result = train_selective(config, bundle, report, device=device, workdir=work)
         src = Path(result.checkpoint_dir)
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
             for name in (ckpt_name, STATE_FILE, LOGS_FILE):

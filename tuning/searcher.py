@@ -38,11 +38,16 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuning.optuna_space import DefineByRun
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ class SpaceFunction:
 
     def __init__(self, space_dict: dict[str, Any]) -> None:
         self.space_dict = space_dict
-        self._fn = None
+        self._fn: DefineByRun | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"space_dict": self.space_dict}
@@ -77,7 +82,7 @@ class SpaceFunction:
         return self._fn(trial) or {}
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -110,9 +115,10 @@ def trial_outcome(
         if stopped_early:
             return "PRUNED", None
         values = [None if result is None else result.get(m) for m in metric]
-        if any(not _finite(v) for v in values):
+        finite = [v for v in values if _finite(v)]
+        if len(finite) != len(values):
             return "FAIL", None
-        return "COMPLETE", [float(v) for v in values]
+        return "COMPLETE", [float(v) for v in finite]
     if stopped_early:
         return "PRUNED", None
     seen = [float(v) for v in intermediate_values.values() if _finite(v)]
@@ -143,9 +149,18 @@ class SeltuneOptunaSearch(OptunaSearch):
         self._stopped_early: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------
-    def _frozen(self, trial_id: str):
+    def _study(self) -> optuna.study.Study:
+        """The Optuna study; Ray sets it up in ``set_search_properties``/``__init__``
+        (its attribute is declared as ``None``, hence the cast)."""
+        study = cast("optuna.study.Study | None", self._ot_study)
+        if study is None:
+            raise RuntimeError("SeltuneOptunaSearch: the Optuna study is not set up yet "
+                               "(no space/metric given to the searcher)")
+        return study
+
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
         ot_trial = self._ot_trials[trial_id]
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+        return self._study()._storage.get_trial(ot_trial._trial_id)
 
     # -- Searcher API ----------------------------------------------------------
     def suggest(self, trial_id: str):
@@ -206,7 +221,7 @@ class SeltuneOptunaSearch(OptunaSearch):
         ot_state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
                     "FAIL": TrialState.FAIL}[state]
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=ot_state)
+            self._study().tell(self._ot_trials[trial_id], value, state=ot_state)
         except Exception as exc:
             logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
@@ -236,7 +251,7 @@ class SeltuneOptunaSearch(OptunaSearch):
             intermediate_values=inter,
         )
         try:
-            self._ot_study.add_trial(trial)
+            self._study().add_trial(trial)
         except Exception as exc:
             logger.warning("could not record the retry of trial %s: %s", trial_id, exc)
 
@@ -256,12 +271,13 @@ class SeltuneOptunaSearch(OptunaSearch):
 
         known = {t._trial_id for t in self._ot_trials.values()}
         failed = []
-        for frozen in self._ot_study.get_trials(deepcopy=False):
+        study = self._study()
+        for frozen in study.get_trials(deepcopy=False):
             if frozen.state != TrialState.RUNNING or frozen._trial_id in known:
                 continue
-            self._ot_study._storage.set_trial_user_attr(
+            study._storage.set_trial_user_attr(
                 frozen._trial_id, "orphaned", "asked before a driver crash; never run")
-            self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+            study.tell(frozen.number, state=TrialState.FAIL)
             failed.append(frozen.number)
         for trial_id in list(self._ot_trials):
             state = self._frozen(trial_id).state
@@ -318,7 +334,7 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
 # --------------------------------------------------------------------------- scheduler
 def _searcher_chain(tune_controller) -> list[Any]:
     """The search algorithm and the searchers it wraps (ConcurrencyLimiter, ...)."""
-    chain = []
+    chain: list[Any] = []
     obj = getattr(tune_controller, "search_alg", None)
     while obj is not None and len(chain) < 8:
         chain.append(obj)

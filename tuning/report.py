@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +236,10 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
         try:
             import optuna
 
-            kwargs = {"target": (lambda t: t.values[0])} if spec.multi_objective else {}
-            importances = optuna.importance.get_param_importances(study, **kwargs)
+            # multi-objective: rank parameters by the first objective (None: the value)
+            target: Callable[[optuna.trial.FrozenTrial], float] | None = (
+                (lambda t: t.values[0]) if spec.multi_objective else None)
+            importances = optuna.importance.get_param_importances(study, target=target)
             imp = plot_importances(importances, rdir / "importances.png") if importances else None
             imp_note = None if importances else "no parameter to rank"
         except Exception as exc:  # too few complete trials, single-valued params, ...

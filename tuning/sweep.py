@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import InputError
 from tuning.experiment import (
@@ -276,7 +276,13 @@ def _ray_callback_base():
     return Callback
 
 
-class LedgerCallback(_ray_callback_base()):
+if TYPE_CHECKING:  # mypy cannot use a base class computed at run time: name it statically
+    from ray.tune import Callback as _CallbackBase
+else:
+    _CallbackBase = _ray_callback_base()
+
+
+class LedgerCallback(_CallbackBase):
     """Writes ``seltune/trials.json``: status, config and per-iteration results.
 
     ``{"trials": {TRIAL_ID: {"trial_id", "status", "config", "dir", "iterations",
@@ -298,7 +304,7 @@ class LedgerCallback(_ray_callback_base()):
         return {"experiment_dir": self.experiment_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["experiment_dir"])
+        type(self).__init__(self, state["experiment_dir"])
 
     @property
     def ledger(self) -> dict[str, Any]:
@@ -369,7 +375,7 @@ class LedgerCallback(_ray_callback_base()):
         self._write(force=True)
 
 
-class ProgressCallback(_ray_callback_base()):
+class ProgressCallback(_CallbackBase):
     """A compact live table on stderr: one row per trial, refreshed at most every
     ``interval`` seconds when something changed, plus a line per finished trial."""
 
@@ -387,7 +393,7 @@ class ProgressCallback(_ray_callback_base()):
                 "total": self.total}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        type(self).__init__(self, **state)
 
     def _print(self, trials) -> None:
         from tuning.cli.output import print_table

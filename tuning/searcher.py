@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 if TYPE_CHECKING:
@@ -144,9 +145,24 @@ class SeltuneOptunaSearch(OptunaSearch):
     the same parameters (``retry_of`` = the failed trial's number).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, experiment: str | None = None,
+                 num_samples: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stopped_early: set[str] = set()
+        # Which study trials are this sweep's (a study may be shared by several sweeps),
+        # and how many it may have in all: after a driver crash the study, not Tune's
+        # last snapshot, knows every trial that was started.
+        self._experiment = experiment
+        self._num_samples = num_samples
+
+    def trials_started(self) -> int:
+        """Distinct Ray trials of this sweep recorded in the study (orphans excluded)."""
+        ids = set()
+        for t in self._study().get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            if attrs.get("seltune_experiment") == self._experiment and "orphaned" not in attrs:
+                ids.add(attrs.get("ray_trial_id"))
+        return len(ids)
 
     # -- helpers ---------------------------------------------------------------
     def _study(self) -> optuna.study.Study:
@@ -164,10 +180,18 @@ class SeltuneOptunaSearch(OptunaSearch):
 
     # -- Searcher API ----------------------------------------------------------
     def suggest(self, trial_id: str):
+        if (self._num_samples is not None and trial_id not in self._ot_trials
+                and self.trials_started() >= self._num_samples):
+            # A trial that finished after Tune's last snapshot, before the driver died,
+            # is unknown to the restored Tune but complete in the study: it counts, so
+            # the sweep ends at exactly num_samples trials instead of re-running one.
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
             ot_trial.set_user_attr("ray_trial_id", trial_id)
+            if self._experiment is not None:
+                ot_trial.set_user_attr("seltune_experiment", self._experiment)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -260,6 +284,9 @@ class SeltuneOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if not hasattr(self, "_stopped_early"):
             self._stopped_early = set()
+        for name in ("_experiment", "_num_samples"):  # snapshots of older versions
+            if not hasattr(self, name):
+                setattr(self, name, None)
         self.reconcile_with_study()
 
     def reconcile_with_study(self) -> list[int]:
@@ -314,7 +341,8 @@ def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe"):
 
 def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[str],
                    seed: int, study_storage: str, study_name: str,
-                   sampler: str = "tpe") -> SeltuneOptunaSearch:
+                   sampler: str = "tpe", *, experiment: str | None = None,
+                   num_samples: int | None = None) -> SeltuneOptunaSearch:
     """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
     import optuna
 
@@ -328,6 +356,8 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
         sampler=make_sampler(seed, multi, sampler),
         study_name=study_name,
         storage=storage,
+        experiment=experiment,
+        num_samples=num_samples,
     )
 
 

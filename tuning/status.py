@@ -97,6 +97,10 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
                                            "metrics": best[2]},
         "trials": trials,
     }
+    if ledger.get("lost"):
+        # started by a driver that was killed before Tune's next snapshot; replaced by
+        # new suggestions on resume (see LedgerCallback.on_step_begin)
+        out["lost"] = sorted(ledger["lost"])
     if spec.multi_objective:
         points: dict[str, list[float]] = {}
         for t in trials:

@@ -299,6 +299,7 @@ class LedgerCallback(_CallbackBase):
         self._ledger: dict[str, Any] | None = None
         self._last_write = 0.0
         self._dirty = False
+        self._reconciled = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"experiment_dir": self.experiment_dir}
@@ -365,6 +366,27 @@ class LedgerCallback(_CallbackBase):
         entry["status"] = "ERROR"
         entry["error"] = str(getattr(trial, "error_file", None) or "error")
         self._write(force=True)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._reconciled:
+            return
+        # First step of this driver. After a crash, Tune restores the trials of its last
+        # experiment snapshot; a trial the dead driver had started after that snapshot
+        # is unknown to Tune and its place is taken by a new suggestion. Move such
+        # trials out of the ledger's "trials" into "lost", so they are neither counted
+        # nor shown as running forever (a fresh sweep has an empty ledger here).
+        self._reconciled = True
+        known = {trial.trial_id for trial in trials}
+        # A trial that had *finished* is kept: its results are complete here and in the
+        # study, and the searcher counts it towards num_samples.
+        lost = [tid for tid, entry in self.ledger["trials"].items()
+                if tid not in known and entry["status"] not in ("TERMINATED", "ERROR")]
+        for tid in lost:
+            entry = self.ledger["trials"].pop(tid)
+            entry["status"] = "LOST"
+            self.ledger.setdefault("lost", {})[tid] = entry
+        if lost:
+            self._write(force=True)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if self._sync_statuses(trials) or self._dirty:
@@ -501,7 +523,8 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                                        resume_errored=True, restart_errored=False)
         else:
             searcher = build_searcher(spec.space, spec.metrics, spec.modes, spec.seed,
-                                      spec.study_storage, spec.study_name, spec.sampler)
+                                      spec.study_storage, spec.study_name, spec.sampler,
+                                      experiment=spec.name, num_samples=spec.num_samples)
             scheduler = build_scheduler(spec.scheduler, spec.metric, spec.mode,
                                         seltune_dir(path) / ASHA_FILE)
             tuner = tune.Tuner(

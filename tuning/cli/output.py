@@ -6,10 +6,12 @@ given, so that stdout holds exactly one JSON object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 
@@ -35,6 +37,28 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool = True) -> Iterator[None]:
+    """Send everything written to stdout (file descriptor 1, so also Ray's and torch's
+    own prints, and child processes') to stderr while the block runs.
+
+    ``--json`` commands wrap their work in this and print their one JSON object after
+    it, so stdout holds nothing but that object.
+    """
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def print_json(obj: Any) -> None:

@@ -126,7 +126,7 @@ def _is_default_invocation(args: argparse.Namespace) -> bool:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json
+    from tuning.cli.output import print_json, stdout_to_stderr
     from tuning.status import print_status
     from tuning.sweep import DEFAULT_SWEEP_FIXED, run_sweep
 
@@ -137,7 +137,8 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         print("[seltune] no --data/--space/--num-samples: running the default sweep "
               "(argse-selective, default space, synthetic bundle, short schedule)",
               file=sys.stderr)
-    status = run_sweep(sweep_options(args, default_run=default))
+    with stdout_to_stderr(args.json):
+        status = run_sweep(sweep_options(args, default_run=default))
     if args.json:
         print_json(status)
     else:
@@ -166,12 +167,13 @@ def _exit_code(status: dict) -> int:
 
 
 def run_resume_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json
+    from tuning.cli.output import print_json, stdout_to_stderr
     from tuning.resume import resume
     from tuning.status import print_status
 
-    status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
-                    address=args.address)
+    with stdout_to_stderr(args.json):
+        status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
+                        address=args.address)
     if args.json:
         print_json(status)
     else:
@@ -180,11 +182,12 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
 
 
 def run_export_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json, print_train_result
+    from tuning.cli.output import print_json, print_train_result, stdout_to_stderr
     from tuning.export import export
 
-    result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
-                    storage=args.storage, device=args.device, overwrite=args.overwrite)
+    with stdout_to_stderr(args.json):
+        result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
+                        storage=args.storage, device=args.device, overwrite=args.overwrite)
     if args.json:
         print_json(result)
     else:

@@ -255,3 +255,27 @@ def test_errored_trial_retried_after_resume_is_recorded(url, tmp_path):
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].params == trials[0].params == {k: params[k] for k in trials[0].params}
     assert trials[1].value == pytest.approx(0.25) and trials[1].user_attrs["retry_of"] == 0
+
+
+def test_searcher_stops_at_num_samples_counted_in_the_study(url, tmp_path):
+    """After a crash, a trial that finished after Tune's last snapshot is known only to the
+    study: the restored searcher must count it, so the sweep still ends at num_samples."""
+    from ray.tune.search import Searcher
+
+    first = build_searcher(SPACE, ["worst_group_error"], ["min"], 0, url, "s",
+                           experiment="e", num_samples=3)
+    first.suggest("a")
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot: knows only "a"
+    first.suggest("b")
+    first.on_trial_complete("b", res(1, 0.3))  # finished, then the driver died
+    restored = build_searcher(SPACE, ["worst_group_error"], ["min"], 0, url, "s",
+                              experiment="e", num_samples=3)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.trials_started() == 2
+    assert isinstance(restored.suggest("c"), dict)
+    assert restored.suggest("d") == Searcher.FINISHED
+    # Another sweep sharing the study keeps its own count.
+    other = build_searcher(SPACE, ["worst_group_error"], ["min"], 1, url, "s",
+                           experiment="f", num_samples=1)
+    assert isinstance(other.suggest("x"), dict)
+    assert other.suggest("y") == Searcher.FINISHED

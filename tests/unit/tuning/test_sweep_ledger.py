@@ -8,7 +8,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from tests.unit.tuning.test_sweep_status import make_spec
+from sweep_specs import make_spec
+
 from tuning.experiment import load_ledger, save_spec, write_json
 from tuning.status import experiment_status
 from tuning.sweep import LedgerCallback

@@ -32,9 +32,12 @@ from cluster import local
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# A short selective schedule: 4 reports per trial (stage A + 3 cycles), one checkpoint each.
-SHORT = ["--set", "stageA_epochs=2", "--set", "cycles=3", "--set", "b1_epochs=2"]
-REPORTS = 4
+# A short selective schedule: 6 reports per trial (stage A + 5 cycles), one checkpoint
+# each; batch 32 makes each report take long enough (~1-2 s on an idle 2-core machine)
+# for the test to catch a trial between two reports and kill its node.
+SHORT = ["--set", "stageA_epochs=2", "--set", "cycles=5", "--set", "b1_epochs=2",
+         "--set", "batch_size=32"]
+REPORTS = 6
 
 
 def _sweep(state, storage, name, *extra):
@@ -75,6 +78,9 @@ def test_trials_spread_and_a_killed_worker_node_resumes_the_trial_elsewhere(
         def victim():
             """Once all three trials reported: one on a worker node with >= 1
             checkpoint and reports still to come."""
+            if proc.poll() is not None:  # fail now, with the driver's words
+                raise AssertionError(f"sweep exited ({proc.returncode}) before a node "
+                                     f"could be killed:\n{proc.stderr.read()[-4000:]}")
             tracker.poll()
             results = trial_results(experiment)
             if len(results) < 3:

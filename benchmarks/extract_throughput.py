@@ -27,21 +27,10 @@ if str(ROOT) not in sys.path:
 
 
 def build_tiny_model(path: Path, image_size: int) -> None:
-    import torch
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from core.extract import save_tiny_dinov3
 
-    cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, patch_size=8, image_size=image_size,
-                          num_register_tokens=4)
-    torch.manual_seed(0)
-    DINOv3ViTModel(cfg).save_pretrained(path)
-    # the processor config the hub ships for DINOv3 (the extractor falls back to an
-    # equal PIL pipeline when torchvision is absent)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "DINOv3ViTImageProcessorFast", "do_resize": True,
-        "size": {"height": image_size, "width": image_size}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    save_tiny_dinov3(path, image_size=image_size, hidden_size=64, patch_size=8, num_heads=4,
+                     num_register_tokens=4)
 
 
 def write_images(root: Path, n: int, size: int) -> Path:

@@ -290,3 +290,34 @@ def extract_features(model: str, images: str | Path, labels_csv: str | Path, *,
             path=[rows.paths[j] for j in rows_idx])
     bundle = FeatureBundle(num_classes=num_classes, splits=splits, group_names=rows.group_names)
     return ExtractionResult(bundle=bundle, skipped=skipped, num_images=len(kept), seconds=seconds)
+
+
+def save_tiny_dinov3(path: str | Path, *, image_size: int, hidden_size: int = 32,
+                     patch_size: int = 7, num_heads: int = 2, num_register_tokens: int = 2,
+                     seed: int = 0) -> Path:
+    """Save a tiny randomly initialised DINOv3 ViT (2 layers) with the hub's processor config.
+
+    For offline smoke tests and benchmarks of the extraction pipeline: the result loads
+    with ``AutoModel`` / ``AutoImageProcessor`` and ``HF_HUB_OFFLINE=1``. ``image_size``
+    is in pixels and must be a multiple of ``patch_size``. Returns ``path``.
+    """
+    import json
+
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    path = Path(path)
+    cfg = DINOv3ViTConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                          num_hidden_layers=2, num_attention_heads=num_heads,
+                          patch_size=patch_size, image_size=image_size,
+                          num_register_tokens=num_register_tokens)
+    torch.manual_seed(seed)
+    DINOv3ViTModel(cfg).save_pretrained(path)
+    # what the hub ships for DINOv3; the class itself needs torchvision, so
+    # load_backbone falls back to an equal PIL pipeline when torchvision is absent
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DINOv3ViTImageProcessorFast", "do_resize": True,
+        "size": {"height": image_size, "width": image_size}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -16,6 +15,7 @@ from core.extract import (
     extract_features,
     parse_split_ratios,
     read_labels_csv,
+    save_tiny_dinov3,
     stratified_split,
 )
 
@@ -23,22 +23,8 @@ IMG = 28
 
 
 def _save_dinov3(path):
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
-
-    cfg = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, patch_size=7, image_size=IMG,
-                          num_register_tokens=2)
-    import torch
-
-    torch.manual_seed(0)
-    DINOv3ViTModel(cfg).save_pretrained(path)
-    # what the hub ships for DINOv3; the class itself needs torchvision, so the
-    # extractor falls back to an equal PIL pipeline when torchvision is absent
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "DINOv3ViTImageProcessorFast", "do_resize": True,
-        "size": {"height": IMG, "width": IMG}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    save_tiny_dinov3(path, image_size=IMG, hidden_size=32, patch_size=7, num_heads=2,
+                     num_register_tokens=2)
 
 
 def _save_dinov2(path):

@@ -3,25 +3,66 @@
 Train with :func:`train_stage1` on a feature bundle; load the written artefacts with
 :func:`load_predictor` (features in, class / calibrated probs / exit out) or score them
 with :func:`evaluate_checkpoint`.
+
+The names below are imported on first use (PEP 562), so that importing one light
+submodule (e.g. ``core.stage1.config`` from a Ray driver that only validates
+configs) does not import torch.
 """
 
-from core.stage1.artifacts import evaluate_checkpoint, load_artifacts, save_artifacts
-from core.stage1.calibration import ClassCalibrator, fit_class_calibrator, odir_penalty
-from core.stage1.config import Stage1Config, resolve_ema_decay
-from core.stage1.data import Stage1Data, prepare_data, split_val
-from core.stage1.evaluation import (
-    Stage1Calibration,
-    Stage1Outputs,
-    evaluate_model,
-    fit_calibration,
-    model_outputs,
-    split_metrics,
-)
-from core.stage1.gate_calibration import GateCalibrator, coverage_threshold, fit_gate_calibrator
-from core.stage1.head import Stage1Head
-from core.stage1.losses import Stage1Loss, bce_gate_loss, selectivenet_loss
-from core.stage1.predictor import Stage1Predictor, load_predictor
-from core.stage1.train import Stage1Result, train_stage1
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.stage1.artifacts import evaluate_checkpoint, load_artifacts, save_artifacts
+    from core.stage1.calibration import ClassCalibrator, fit_class_calibrator, odir_penalty
+    from core.stage1.config import Stage1Config, resolve_ema_decay
+    from core.stage1.data import Stage1Data, prepare_data, split_val
+    from core.stage1.evaluation import (
+        Stage1Calibration,
+        Stage1Outputs,
+        evaluate_model,
+        fit_calibration,
+        model_outputs,
+        split_metrics,
+    )
+    from core.stage1.gate_calibration import GateCalibrator, coverage_threshold, fit_gate_calibrator
+    from core.stage1.head import Stage1Head
+    from core.stage1.losses import Stage1Loss, bce_gate_loss, selectivenet_loss
+    from core.stage1.predictor import Stage1Predictor, load_predictor
+    from core.stage1.train import Stage1Result, train_stage1
+
+_SOURCES: dict[str, str] = {
+    "ClassCalibrator": "core.stage1.calibration",
+    "GateCalibrator": "core.stage1.gate_calibration",
+    "Stage1Calibration": "core.stage1.evaluation",
+    "Stage1Config": "core.stage1.config",
+    "Stage1Data": "core.stage1.data",
+    "Stage1Head": "core.stage1.head",
+    "Stage1Loss": "core.stage1.losses",
+    "Stage1Outputs": "core.stage1.evaluation",
+    "Stage1Predictor": "core.stage1.predictor",
+    "Stage1Result": "core.stage1.train",
+    "bce_gate_loss": "core.stage1.losses",
+    "coverage_threshold": "core.stage1.gate_calibration",
+    "evaluate_checkpoint": "core.stage1.artifacts",
+    "evaluate_model": "core.stage1.evaluation",
+    "fit_calibration": "core.stage1.evaluation",
+    "fit_class_calibrator": "core.stage1.calibration",
+    "fit_gate_calibrator": "core.stage1.gate_calibration",
+    "load_artifacts": "core.stage1.artifacts",
+    "load_predictor": "core.stage1.predictor",
+    "model_outputs": "core.stage1.evaluation",
+    "odir_penalty": "core.stage1.calibration",
+    "prepare_data": "core.stage1.data",
+    "resolve_ema_decay": "core.stage1.config",
+    "save_artifacts": "core.stage1.artifacts",
+    "selectivenet_loss": "core.stage1.losses",
+    "split_metrics": "core.stage1.evaluation",
+    "split_val": "core.stage1.data",
+    "train_stage1": "core.stage1.train",
+}
 
 __all__ = [
     "ClassCalibrator",
@@ -53,3 +94,15 @@ __all__ = [
     "split_val",
     "train_stage1",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

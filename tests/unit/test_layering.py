@@ -42,3 +42,42 @@ def test_search_spaces_is_stdlib_only():
     allowed = set(sys.stdlib_module_names) | {"search_spaces", "core", "yaml"}
     extra = {name: files for name, files in imports.items() if name not in allowed}
     assert not extra, f"search_spaces imports non-stdlib modules: {extra}"
+
+
+@pytest.mark.parametrize("package", ["core.argse", "core.stage1"])
+def test_package_exports_are_lazy_and_complete(package):
+    """Every public name resolves, and the lazy table matches ``__all__``."""
+    import importlib
+
+    module = importlib.import_module(package)
+    assert set(module.__all__) == set(module._SOURCES)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018
+
+
+def test_sweep_driver_validates_without_torch(tmp_path):
+    """A sweep's driver builds and checks configs, builds the spec and Tune's loggers
+    without importing torch: the trials import it, the driver never needs it."""
+    import subprocess
+
+    from core.bundles import save_bundle
+    from core.synth import synth_argse_bundle
+
+    save_bundle(synth_argse_bundle(classes=10, n_max=40, per_class=(6, 4, 8)), tmp_path / "b")
+    code = (
+        "import sys\n"
+        "from tuning.sweep import SweepOptions, prepare_sweep, _loggers\n"
+        f"spec, bundle = prepare_sweep(SweepOptions(data=r'{tmp_path}/b', storage=r'{tmp_path}/runs', "
+        "num_samples=2, overrides=['cycles=1']))\n"
+        "_loggers(False)\n"
+        "from tuning.trainables import TRAINABLES\n"
+        "for info in TRAINABLES.values():\n"
+        "    info.build_config({})\n"
+        "print('torch' in sys.modules)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "False"

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from core.errors import InputError
@@ -59,9 +59,61 @@ class RayRuntime:
         if self.owns_connection and ray.is_initialized():
             # For a local Ray this stops the raylet/GCS this driver started (by pid,
             # inside Ray); for a remote cluster it only disconnects.
-            ray.shutdown()
+            if self.started_local:
+                _shutdown_local()
+            else:
+                ray.shutdown()
         if self.owns_temp_dir and self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _shutdown_local() -> None:
+    """``ray.shutdown()`` of the local Ray this process started, less its slowest second.
+
+    Ray stops its processes one after another, giving each up to 1 s to exit after
+    SIGTERM. The autoscaler monitor (of no use to a fixed-size local Ray) sleeps
+    through SIGTERM and so costs that whole second on every sweep. It is taken out of
+    Ray's list, Ray stops the rest (raylet and GCS first, as it prefers), and the
+    monitor is then killed and reaped here.
+    """
+    import ray
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None)
+    monitors = []
+    if isinstance(processes, dict):
+        monitors = processes.pop(ray_constants.PROCESS_TYPE_MONITOR, [])
+    ray.shutdown()
+    for info in monitors:
+        with contextlib.suppress(OSError):
+            info.process.kill()
+        with contextlib.suppress(Exception):
+            info.process.wait(timeout=5)
+
+
+def _trial_actors_use_prestarted_workers() -> None:
+    """Let Tune's trial actors start in the worker processes Ray has already started.
+
+    Ray prestarts one idle worker per CPU, and with ``preload_python_modules`` those
+    workers import torch and the trainable while the driver is still setting up. But
+    Ray never gives a prestarted worker to an actor that has its own ``runtime_env``,
+    and Tune gives every trial actor ``{"env_vars": {"PL_DISABLE_FORK": "1"}}`` (a
+    PyTorch Lightning setting), so each first trial used to wait for a fresh process
+    and its imports (~3 s on 2 cores). The variable is put into this process's
+    environment instead, which a local Ray's workers inherit, and Tune's per-actor
+    copy is dropped. Environment variables Tune propagates on purpose (AWS
+    credentials, Ray Train settings) are untouched.
+    """
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # pragma: no cover - Tune moved it; trials just start slower
+        return
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if isinstance(defaults, dict) and defaults.get("PL_DISABLE_FORK") == "1":
+        del defaults["PL_DISABLE_FORK"]
 
 
 def _bind_to_loopback() -> None:
@@ -80,7 +132,8 @@ def _bind_to_loopback() -> None:
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None,
-              num_gpus: int | None = None, quiet: bool = True) -> RayRuntime:
+              num_gpus: int | None = None, quiet: bool = True,
+              preload: Sequence[str] = ()) -> RayRuntime:
     """Start (``local``) or join (``auto`` / ``HOST:PORT``) Ray; see the module doc.
 
     Args:
@@ -88,6 +141,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         num_cpus, num_gpus: resources of a local Ray (ignored when joining a cluster);
             None lets Ray detect them.
         quiet: keep Ray's own logging at WARNING.
+        preload: modules a local Ray's worker processes import as soon as they start
+            (e.g. torch and the trainable), before any trial is given to them.
 
     Returns:
         The :class:`RayRuntime` to :meth:`~RayRuntime.close` afterwards.
@@ -113,6 +168,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
             os.environ["RAY_TMPDIR"] = temp_dir
             owns = True
         _bind_to_loopback()
+        _trial_actors_use_prestarted_workers()
+        system_config = {"preload_python_modules": list(preload)} if preload else None
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -120,6 +177,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
             include_dashboard=False,
             _temp_dir=temp_dir,
             _node_ip_address="127.0.0.1",
+            _system_config=system_config,
             logging_level=log_level,
             log_to_driver=True,
         )
@@ -137,9 +195,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None,
-                num_gpus: int | None = None) -> Iterator[RayRuntime]:
+                num_gpus: int | None = None, preload: Sequence[str] = ()) -> Iterator[RayRuntime]:
     """``with ray_session(...) as rt:`` — :func:`start_ray`, then always close."""
-    runtime = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    runtime = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus, preload=preload)
     try:
         yield runtime
     finally:

@@ -73,6 +73,11 @@ class TrainableInfo:
     def train_function(self):
         return _attr(self.train_path)
 
+    @property
+    def worker_modules(self) -> tuple[str, ...]:
+        """What a trial process imports before it can start (see ``start_ray(preload=)``)."""
+        return ("torch", "ray.tune", "tuning.trainables", self.train_path.partition(":")[0])
+
     def config_fields(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config_class)]
 
@@ -101,13 +106,13 @@ _STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_error", "brier", "clas
 
 TRAINABLES: dict[str, TrainableInfo] = {
     "argse-selective": TrainableInfo(
-        "argse-selective", "argse", "core.argse:SelectiveConfig", "core.argse:train_selective",
+        "argse-selective", "argse", "core.argse.config:SelectiveConfig", "core.argse.selective:train_selective",
         "cycle", "gating_selective.ckpt", _ARGSE_METRICS),
     "argse-pretrain": TrainableInfo(
-        "argse-pretrain", "argse", "core.argse:PretrainConfig", "core.argse:train_pretrain",
+        "argse-pretrain", "argse", "core.argse.config:PretrainConfig", "core.argse.pretrain:train_pretrain",
         "epoch", "gating_pretrained.ckpt", _ARGSE_METRICS),
     "stage1": TrainableInfo(
-        "stage1", "stage1", "core.stage1:Stage1Config", "core.stage1:train_stage1",
+        "stage1", "stage1", "core.stage1.config:Stage1Config", "core.stage1.train:train_stage1",
         "epoch", "state.pt", _STAGE1_METRICS),
 }
 

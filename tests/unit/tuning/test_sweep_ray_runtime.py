@@ -23,3 +23,28 @@ def test_explicit_env_and_default(monkeypatch):
 def test_bad_addresses(bad):
     with pytest.raises(InputError, match="--address"):
         resolve_address(bad)
+
+
+def test_trial_actors_get_no_runtime_env_of_their_own(monkeypatch):
+    """Tune's per-actor PL_DISABLE_FORK (which keeps trials off Ray's prestarted
+    workers) moves into the environment that a local Ray's workers inherit."""
+    import os
+
+    from ray.tune.execution import class_cache
+
+    from tuning.ray_runtime import _trial_actors_use_prestarted_workers
+
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"PL_DISABLE_FORK": "1"})
+    monkeypatch.delenv("PL_DISABLE_FORK", raising=False)
+    _trial_actors_use_prestarted_workers()
+    assert class_cache.DEFAULT_ENV_VARS == {}
+    assert os.environ["PL_DISABLE_FORK"] == "1"
+    # What Tune now attaches to a trial actor: nothing but variables it propagates.
+    for name in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+
+    class Trainable:
+        pass
+
+    remote = class_cache._ActorClassCache().get(Trainable)
+    assert not remote._default_options.get("runtime_env")  # Ray normalises it to {}

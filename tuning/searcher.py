@@ -154,15 +154,23 @@ class SeltuneOptunaSearch(OptunaSearch):
         # last snapshot, knows every trial that was started.
         self._experiment = experiment
         self._num_samples = num_samples
+        self._started_ids: set[Any] | None = None
 
     def trials_started(self) -> int:
-        """Distinct Ray trials of this sweep recorded in the study (orphans excluded)."""
-        ids = set()
-        for t in self._study().get_trials(deepcopy=False):
-            attrs = t.user_attrs
-            if attrs.get("seltune_experiment") == self._experiment and "orphaned" not in attrs:
-                ids.add(attrs.get("ray_trial_id"))
-        return len(ids)
+        """Distinct Ray trials of this sweep recorded in the study (orphans excluded).
+
+        Read from the study once per driver (it knows trials a dead driver started after
+        Tune's last snapshot); afterwards this driver's own suggestions are added as
+        they are made, instead of re-reading every trial before each suggestion.
+        """
+        if self._started_ids is None:
+            ids = set()
+            for t in self._study().get_trials(deepcopy=False):
+                attrs = t.user_attrs
+                if attrs.get("seltune_experiment") == self._experiment and "orphaned" not in attrs:
+                    ids.add(attrs.get("ray_trial_id"))
+            self._started_ids = ids
+        return len(self._started_ids)
 
     # -- helpers ---------------------------------------------------------------
     def _study(self) -> optuna.study.Study:
@@ -192,6 +200,8 @@ class SeltuneOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             if self._experiment is not None:
                 ot_trial.set_user_attr("seltune_experiment", self._experiment)
+            if self._started_ids is not None:
+                self._started_ids.add(trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -288,6 +298,8 @@ class SeltuneOptunaSearch(OptunaSearch):
             if not hasattr(self, name):
                 setattr(self, name, None)
         self.reconcile_with_study()
+        # The snapshot's count is stale by every trial started after it: recount.
+        self._started_ids = None
 
     def reconcile_with_study(self) -> list[int]:
         """After a restore: fail orphaned RUNNING study trials, mark finished ones.
@@ -346,8 +358,10 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
     """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
     import optuna
 
+    from tuning.study_db import open_study_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(study_storage)
+    storage = open_study_storage(study_storage)
     multi = len(metrics) > 1
     return SeltuneOptunaSearch(
         space=SpaceFunction(space_dict),

@@ -162,6 +162,7 @@ class SweepSpec:
         sampler: ``tpe`` (default) or ``random``.
         max_failures: retries of a failing trial before it is ERROR.
         address: the Ray address the sweep was started with.
+        tensorboard: also write TensorBoard event files in every trial directory.
         created: ISO-8601 UTC time.
     """
 
@@ -186,6 +187,7 @@ class SweepSpec:
     max_failures: int = 2
     address: str = "local"
     sampler: str = "tpe"
+    tensorboard: bool = False
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     version: int = SPEC_VERSION
 

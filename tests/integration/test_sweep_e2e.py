@@ -91,6 +91,9 @@ def test_selective_sweep_status_export_evaluate(env, bundles, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"val", "test", "baselines", "config", "checkpoint"}
     assert set(metrics["baselines"]["test"]) >= {"chow:mixture", "plugin_balanced", "plugin_worst"}
+    trial_dirs = list(exp.glob("trial_*"))
+    assert len(trial_dirs) == 5
+    assert not [e for d in trial_dirs for e in d.glob("events.out.tfevents.*")]
     best_config = json.loads((out / "best_config.json").read_text())
     assert best_config == metrics["config"] and best_config["cycles"] == 3
     assert metrics["trial_id"] == status["best"]["trial_id"] or \
@@ -114,9 +117,14 @@ def test_stage1_sweep_and_export(env, bundles, tmp_path):
     storage = tmp_path / "runs"
     p = seltune(env, "sweep", "--trainable", "stage1", "--data", bundles / "stage1",
                 "--num-samples", 3, "--num-cpus", 2, "--storage", storage, "--name", "s1",
-                "--metric", "augrc", "--set", "epochs=3", "--set", "hidden_dim=32", "--json")
+                "--metric", "augrc", "--set", "epochs=3", "--set", "hidden_dim=32",
+                "--tensorboard", "--json")
     status = json.loads(p.stdout)
     assert sum(status["counts"].values()) == 3 and status["metric"] == "augrc"
+    # Tune's JSON/CSV results always, TensorBoard events because it was asked for.
+    for t in (storage / "s1").glob("trial_*"):
+        assert (t / "result.json").is_file() and (t / "progress.csv").is_file()
+        assert list(t.glob("events.out.tfevents.*"))
     out = tmp_path / "export"
     seltune(env, "export", storage / "s1", "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -159,3 +167,58 @@ def test_local_ray_is_private_and_on_loopback(env):
     assert p.returncode == 0, p.stderr[-2000:]
     node, gcs, private = p.stdout.split()
     assert node == "127.0.0.1" and gcs.startswith("127.0.0.1:") and private == "True"
+
+
+def test_trials_run_in_prestarted_preloaded_workers_and_close_stops_all(env, tmp_path):
+    """The first trial lands in a worker Ray started before the sweep began, which has
+    already imported the preloaded module; after close() no process of this Ray is left."""
+    code = f"""
+import os, sys, time
+from tuning.ray_runtime import start_ray
+from tuning.sweep import _env_for_tune, _loggers
+_env_for_tune()
+rt = start_ray('local', num_cpus=1, preload=('json.tool',))
+from ray import tune
+
+def worker_pids():
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            cmd = open(f'/proc/{{pid}}/cmdline', 'rb').read()
+        except OSError:
+            continue
+        if cmd.startswith(b'ray::IDLE'):  # Ray renames an idle worker process so
+            pids.add(int(pid))
+    return pids
+
+deadline = time.time() + 60
+while not worker_pids() and time.time() < deadline:
+    time.sleep(0.2)
+before = worker_pids()
+
+def trial(config):
+    tune.report({{'pid': os.getpid(), 'preloaded': int('json.tool' in sys.modules)}})
+
+res = tune.Tuner(tune.with_resources(trial, {{'cpu': 1}}),
+                 tune_config=tune.TuneConfig(num_samples=1),
+                 run_config=tune.RunConfig(storage_path=r'{tmp_path}', verbose=0,
+                                           callbacks=_loggers(False))).fit()
+m = res[0].metrics
+temp = rt.temp_dir
+rt.close()
+left = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        cmd = open(f'/proc/{{pid}}/cmdline', 'rb').read()
+        state = open(f'/proc/{{pid}}/stat').read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        continue
+    if temp.encode() in cmd and state != 'Z':
+        left.append(cmd[:80])
+print(int(m['pid'] in before), m['preloaded'], len(left))
+"""
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    prestarted, preloaded, left = p.stdout.split()[-3:]
+    assert (prestarted, preloaded, left) == ("1", "1", "0"), p.stdout

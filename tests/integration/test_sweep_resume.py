@@ -70,7 +70,9 @@ def test_sigkill_then_resume(tmp_path, capsys):
         while time.time() < deadline and driver.poll() is None:
             ledger = _read(exp / "seltune" / "trials.json") or {"trials": {}}
             asha = _read(exp / "seltune" / "asha_state.json") or {}
-            done = [t for t in ledger["trials"].values() if t["status"] == "TERMINATED"]
+            # Ray calls an ASHA-stopped trial TERMINATED too; status reports it STOPPED.
+            done = [t for t in ledger["trials"].values() if t["status"] == "TERMINATED"
+                    and t["trial_id"] not in asha.get("stopped", {})]
             running = [t for t in ledger["trials"].values() if t["status"] == "RUNNING"]
             if len(done) >= 2 and asha.get("stopped") and running:
                 stopped_before = dict(asha["stopped"])

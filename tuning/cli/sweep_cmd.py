@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="fix a config key for every trial (repeatable; "
                    "removes it from the search if it was searched)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files in every trial directory "
+                        "(tensorboard --logdir EXPERIMENT)")
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=run_sweep_cmd)
 
@@ -109,14 +112,14 @@ def sweep_options(args: argparse.Namespace, default_run: bool = False):
         device=args.device, address=args.address, num_cpus=args.num_cpus,
         storage=args.storage, name=args.name, seed=args.seed,
         study_storage=args.study_storage, max_failures=args.max_failures,
-        sampler=args.sampler,
+        sampler=args.sampler, tensorboard=args.tensorboard,
         overrides=list(args.overrides), default_run=default_run,
     )
 
 
 _SWEEP_DEFAULTS: dict = {}
 #: Options that do not change what the default sweep computes.
-_NEUTRAL = {"json", "num_cpus", "address", "storage", "func"}
+_NEUTRAL = {"json", "num_cpus", "address", "storage", "func", "tensorboard"}
 
 
 def _is_default_invocation(args: argparse.Namespace) -> bool:

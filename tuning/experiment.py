@@ -15,6 +15,15 @@ can read it while the sweep runs, and after the driver died.
 
 Names are unique: an experiment directory is created with ``os.mkdir`` (which fails if
 it exists), so a second sweep never overwrites a first one's ``tuner.pkl``.
+
+Object storage (``--storage s3://BUCKET/PREFIX``, any URI pyarrow opens): Ray Tune
+writes its part to ``URI/NAME`` itself; the ``seltune/`` files are written into a local
+mirror (``~/.cache/seltune/remote/.../NAME``, see :mod:`tuning.remote`) and uploaded to
+``URI/NAME/seltune/`` after every write, so ``spec.path`` is always a local directory.
+The study cannot live in object storage: such a sweep needs ``--study-storage``. A
+remote name counts as taken when ``URI/NAME/seltune/sweep.json`` exists (object stores
+have no atomic create, so two drivers starting the same explicit name at the same
+moment are not told apart; automatic names carry the second they were made).
 """
 
 from __future__ import annotations
@@ -29,6 +38,18 @@ from typing import Any
 
 from core.atomic import atomic_file
 from core.errors import InputError
+from tuning.remote import (
+    download_dir,
+    exists,
+    is_uri,
+    join_uri,
+    mark_mirror,
+    mirror_dir,
+    mirror_source,
+    open_storage,
+    publish,
+    split_experiment,
+)
 
 SELTUNE_DIR = "seltune"
 SPEC_FILE = "sweep.json"
@@ -50,21 +71,24 @@ def default_storage() -> Path:
     return Path(env).expanduser() if env else Path.home() / "seltune_results"
 
 
-def resolve_storage(storage: str | os.PathLike | None) -> Path:
-    """A local storage directory (``PATH`` or ``file://PATH``) as an absolute Path.
+def resolve_storage(storage: str | os.PathLike | None) -> Path | str:
+    """A storage directory (``PATH`` or ``file://PATH``) as an absolute Path, or a
+    storage URI (``s3://BUCKET/PREFIX?OPTIONS``, ``gs://...``) as a clean string.
 
-    Remote URIs (``s3://``, ``gs://``) are refused: the study database and the ledger
-    live inside the experiment directory, which must be a (possibly shared, e.g. NFS)
-    file system path.
+    A URI is checked only for being one pyarrow can open (its scheme and options); the
+    bucket is reached later (:func:`create_remote_experiment`). Its experiments keep
+    ``seltune/`` in a local mirror uploaded to ``URI/NAME/seltune/`` (module docstring).
+
+    Raises:
+        InputError: a URI pyarrow cannot open (``--storage``, the value, what works).
     """
     if storage is None or str(storage) == "":
         return default_storage().resolve()
     text = str(storage)
+    if is_uri(text):
+        return open_storage(text).uri
     if text.startswith("file://"):
         text = text[len("file://"):]
-    elif "://" in text:
-        raise InputError(field="--storage", value=text,
-                         expected="a directory path (local or a shared file system mount)")
     return Path(text).expanduser().resolve()
 
 
@@ -115,16 +139,110 @@ def create_experiment_dir(storage: Path, name: str | None, trainable: str) -> Pa
                      expected="fewer experiments started in the same second")
 
 
+def create_remote_experiment(storage: str, name: str | None, trainable: str) -> Path:
+    """Claim ``storage``/``name`` in object storage; create and return its local mirror.
+
+    A name is taken when ``URI/NAME/seltune/sweep.json`` exists (the caller uploads the
+    spec at once, see :func:`save_spec`) or when its mirror exists on this machine. An
+    explicit taken ``name`` is an error; an automatic one gets ``-2``, ``-3``...
+
+    Raises:
+        InputError: the bucket does not exist or cannot be reached, or the name is taken.
+    """
+    remote = open_storage(storage)
+
+    def claim(candidate: str) -> Path | None:
+        if exists(remote, candidate, SELTUNE_DIR, SPEC_FILE):
+            if name is None:
+                return None
+            raise InputError("experiment already exists", file=remote.experiment_uri(candidate),
+                             expected="a new --name (or `seltune resume "
+                             f"{remote.experiment_uri(candidate)}` to continue it)")
+        path = mirror_dir(remote.uri, candidate)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if name is None:
+                return None
+            raise InputError("a local mirror of this experiment exists but the storage has "
+                             "no seltune/sweep.json (an interrupted start, or one under way)",
+                             file=path, expected="another --name, or delete that directory"
+                             ) from None
+        mark_mirror(seltune_dir(path), remote.uri, candidate)
+        return path
+
+    if name is not None:
+        made = claim(check_name(name))
+        assert made is not None  # an explicit name either succeeds or raises
+        return made
+    base = auto_name(trainable)
+    for i in range(1, 1000):
+        made = claim(base if i == 1 else f"{base}-{i}")
+        if made is not None:
+            return made
+    raise InputError("no free experiment name", file=join_uri(storage, base),  # pragma: no cover
+                     expected="fewer experiments started in the same second")
+
+
+def fetch_experiment(storage: str, name: str) -> Path:
+    """Download ``storage``/``name``/seltune/ into its local mirror; return the mirror.
+
+    The mirror ends up equal to the remote ``seltune/`` (local files the storage no
+    longer has are removed), plus the mirror marker.
+
+    Raises:
+        InputError: unreachable storage, no such experiment, or not a seltune one.
+    """
+    remote = open_storage(storage)
+    if not exists(remote, name, SELTUNE_DIR, SPEC_FILE):
+        if exists(remote, name):
+            raise InputError("not a seltune experiment (no seltune/sweep.json)",
+                             file=remote.experiment_uri(name),
+                             expected="an experiment made by `seltune sweep`")
+        raise InputError("no such experiment", file=remote.experiment_uri(name),
+                         expected="SCHEME://BUCKET/PREFIX/NAME of a `seltune sweep`, or "
+                         "NAME with --storage SCHEME://BUCKET/PREFIX")
+    path = mirror_dir(remote.uri, name)
+    local = seltune_dir(path)
+    local.mkdir(parents=True, exist_ok=True)
+    fetched = set(download_dir(remote, local, name, SELTUNE_DIR))
+    for old in local.iterdir():
+        if old.is_file() and old.name not in fetched and not old.name.startswith("."):
+            old.unlink()  # e.g. a driver.json the remote no longer has
+    mark_mirror(local, remote.uri, name)
+    return path
+
+
+def experiment_local_dir(experiment: str | os.PathLike) -> Path:
+    """The local directory of an experiment named by path or ``URI/NAME`` (its mirror;
+    nothing is downloaded)."""
+    text = str(experiment)
+    if is_uri(text):
+        storage, name = split_experiment(text)
+        return mirror_dir(open_storage(storage).uri, name)
+    return Path(text)
+
+
 def find_experiment(experiment: str | os.PathLike, storage: str | None = None) -> Path:
-    """Locate an experiment: a directory path, or a name under ``storage``.
+    """Locate an experiment: a directory path, a name under ``storage``, or ``URI/NAME``
+    (also a name with a URI ``storage``), whose ``seltune/`` is then downloaded into its
+    local mirror (:func:`fetch_experiment`). Returns the local directory.
 
     Raises:
         InputError: no such experiment, or a directory without ``seltune/sweep.json``.
     """
     text = str(experiment)
+    if is_uri(text):
+        return fetch_experiment(*split_experiment(text))
     candidates = [Path(text).expanduser()]
     if "/" not in text:
-        candidates.append(resolve_storage(storage) / text)
+        base = resolve_storage(storage)
+        if isinstance(base, str):
+            if (candidates[0] / SELTUNE_DIR / SPEC_FILE).is_file():
+                return candidates[0].resolve()
+            return fetch_experiment(base, text)
+        candidates.append(base / text)
     for path in candidates:
         if (path / SELTUNE_DIR / SPEC_FILE).is_file():
             return path.resolve()
@@ -206,7 +324,20 @@ class SweepSpec:
 
     @property
     def path(self) -> Path:
+        """The experiment's local directory (for a URI storage: its local mirror)."""
+        if is_uri(self.storage):
+            return mirror_dir(self.storage, self.name)
         return Path(self.storage) / self.name
+
+    @property
+    def uri(self) -> str | None:
+        """``STORAGE_URI/NAME`` for an experiment in object storage, else None."""
+        return join_uri(self.storage, self.name) if is_uri(self.storage) else None
+
+    @property
+    def location(self) -> str:
+        """Where the experiment is, as the user names it: its URI, or its directory."""
+        return self.uri or str(self.path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,16 +383,36 @@ def save_spec(spec: SweepSpec) -> Path:
     # resume reconnects to the study with the saved URL, which may carry a database
     # password: keep the spec readable by its owner only.
     path.chmod(0o600)
+    publish(path)
     return path
 
 
 def load_spec(experiment_dir: Path) -> SweepSpec:
     path = seltune_dir(experiment_dir) / SPEC_FILE
     spec = SweepSpec.from_dict(read_json(path), source=path)
+    source = mirror_source(seltune_dir(experiment_dir))
+    if source is not None:  # the mirror of an experiment in object storage
+        spec.storage, spec.name = source
+        return spec
     # The directory may have been moved (or mounted elsewhere): trust where it is now.
     here = Path(experiment_dir).resolve()
     spec.storage, spec.name = str(here.parent), here.name
     return spec
+
+
+#: The experiment directory of the sweep this process is driving (set by
+#: :func:`tuning.sweep.execute`). Objects Ray Tune unpickles on ``Tuner.restore``
+#: (the ledger callback, ASHA) write there instead of the directory saved in their
+#: pickle, which may have been another machine's (a mirror under another home).
+_RUNNING: list[Path] = []
+
+
+def set_running_experiment(path: Path | None) -> None:
+    _RUNNING[:] = [] if path is None else [Path(path)]
+
+
+def running_experiment() -> Path | None:
+    return _RUNNING[0] if _RUNNING else None
 
 
 def default_study_storage(experiment_dir: Path) -> str:

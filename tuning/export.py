@@ -22,6 +22,9 @@ Selection: among trials that ran to their end (if any did, else all trials), the
 (trial, iteration) with the best value of ``--metric`` over every reported iteration,
 on the validation side; ``test`` is read only here, after the choice. For Stage-1 the
 checkpoint is the chosen trial's last one (its training already keeps its best epoch).
+
+An experiment in object storage (``URI/NAME``): only the checkpoint directories the
+export needs are downloaded, into a temporary directory removed afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +67,24 @@ def select_best(status: dict[str, Any], ledger: dict[str, Any], metric: str,
     return best[1], best[2], best[3]
 
 
-def _trial_checkpoint(experiment: Path, entry: dict[str, Any], iteration: int) -> Path:
+def _trial_checkpoint(spec: SweepSpec, entry: dict[str, Any], iteration: int,
+                      scratch: Path) -> Path:
+    """The local directory of a trial's checkpoint; for an experiment in object storage
+    it is downloaded into ``scratch`` first."""
     name = entry["history"][str(iteration)]["checkpoint_dir_name"]
-    path = experiment / (entry.get("dir") or f"trial_{entry['trial_id']}") / name
+    trial_dir = entry.get("dir") or f"trial_{entry['trial_id']}"
+    if spec.uri:
+        from tuning.remote import download_dir, exists, join_uri, open_storage
+
+        remote = open_storage(spec.storage)
+        if not exists(remote, spec.name, trial_dir, name):
+            raise InputError("checkpoint directory is missing",
+                             file=join_uri(spec.storage, spec.name, trial_dir, name),
+                             expected="the trial's checkpoint written by the sweep")
+        path = scratch / trial_dir / name
+        download_dir(remote, path, spec.name, trial_dir, name)
+        return path
+    path = spec.path / trial_dir / name
     if not path.is_dir():
         raise InputError("checkpoint directory is missing", file=path,
                          expected="the trial's checkpoint written by the sweep")
@@ -174,9 +193,10 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
     config = full_config(spec, entry.get("config", {}))
 
-    with atomic_dir(out_path, overwrite=overwrite) as tmp:
-        ckpt = materialise_checkpoint(spec, bundle, _trial_checkpoint(path, entry, iteration),
-                                      config, tmp / "checkpoint", device)
+    with atomic_dir(out_path, overwrite=overwrite) as tmp, \
+            tempfile.TemporaryDirectory(prefix="seltune-export-") as scratch:
+        src = _trial_checkpoint(spec, entry, iteration, Path(scratch))
+        ckpt = materialise_checkpoint(spec, bundle, src, config, tmp / "checkpoint", device)
         result = checkpoint_metrics(spec, bundle, ckpt, device, config)
         final_ckpt = out_path.resolve() / "checkpoint"
         if spec.trainable != "stage1":
@@ -186,13 +206,14 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         result["iteration"] = iteration
         result["selection"] = {"metric": sel_metric, "mode": sel_mode,
                                "value": best_metrics.get(sel_metric),
-                               "experiment": str(path)}
+                               "experiment": status["path"]}
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
             json.dumps(to_jsonable(result), indent=2, allow_nan=False))
         pareto = None
         if spec.multi_objective:
-            pareto = _export_pareto(spec, status, ledger, path, bundle, tmp, device)
+            pareto = _export_pareto(spec, status, ledger, Path(scratch), bundle, tmp,
+                                    device)
         from tuning.report import write_report
 
         write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
@@ -202,7 +223,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
             "iteration": iteration, "pareto": pareto}
 
 
-def _export_pareto(spec, status, ledger, path: Path, bundle, tmp: Path,
+def _export_pareto(spec, status, ledger, scratch: Path, bundle, tmp: Path,
                    device: str) -> list[dict[str, Any]]:
     front = []
     by_id = {t["trial_id"]: t for t in status["trials"]}
@@ -212,8 +233,8 @@ def _export_pareto(spec, status, ledger, path: Path, bundle, tmp: Path,
         config = full_config(spec, entry.get("config", {}))
         dest = tmp / "pareto" / tid
         dest.parent.mkdir(parents=True, exist_ok=True)
-        materialise_checkpoint(spec, bundle, _trial_checkpoint(path, entry, it), config,
-                               dest, device)
+        materialise_checkpoint(spec, bundle, _trial_checkpoint(spec, entry, it, scratch),
+                               config, dest, device)
         front.append({"trial_id": tid, "iteration": it, "config": config,
                       "values": {m: by_id[tid]["metrics"].get(m) for m in spec.metrics},
                       "checkpoint": f"pareto/{tid}"})

@@ -18,7 +18,12 @@ What is kept, and how:
   even if Ray's snapshot still had it RUNNING.
 
 A lock file (``seltune/driver.json``) with the driver's pid refuses a resume while the
-original driver is still alive.
+original driver is still alive (on the same host: a pid elsewhere cannot be checked).
+
+An experiment in object storage (``URI/NAME``, or ``NAME --storage URI``) is resumed
+the same way: its ``seltune/`` files are downloaded into the local mirror first
+(:func:`tuning.experiment.find_experiment`) and ``Tuner.restore`` reads Tune's state
+from the URI.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from core.errors import InputError
 from tuning.experiment import find_experiment, load_spec, read_json, seltune_dir, write_json
+from tuning.remote import publish, unpublish
 
 DRIVER_FILE = "driver.json"
 
@@ -60,10 +66,13 @@ def claim_driver(experiment_dir: Path) -> None:
                              file=experiment_dir,
                              expected="wait for it, or stop it first (it can be resumed)")
     write_json(path, {"pid": os.getpid(), "host": os.uname().nodename})
+    publish(path)
 
 
 def release_driver(experiment_dir: Path) -> None:
-    (seltune_dir(experiment_dir) / DRIVER_FILE).unlink(missing_ok=True)
+    path = seltune_dir(experiment_dir) / DRIVER_FILE
+    path.unlink(missing_ok=True)
+    unpublish(path)
 
 
 def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None = None,
@@ -78,9 +87,9 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
     spec = load_spec(path)
     if address:
         spec.address = address
-    if not tune.Tuner.can_restore(str(path)):
+    if not tune.Tuner.can_restore(spec.location):
         raise InputError("the sweep never got far enough to be resumed (no tuner.pkl)",
-                         file=path, expected="an experiment started by `seltune sweep`; "
+                         file=spec.location, expected="an experiment started by `seltune sweep`; "
                          "start a new sweep instead")
     status = experiment_status(path, spec)
     finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
@@ -88,6 +97,6 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
         print(f"[seltune] {spec.name}: all {spec.num_samples} trials already finished",
               file=sys.stderr)
         return status
-    print(f"[seltune] resuming {path} ({finished}/{spec.num_samples} trials finished)",
+    print(f"[seltune] resuming {spec.location} ({finished}/{spec.num_samples} trials finished)",
           file=sys.stderr, flush=True)
     return execute(spec, resume=True, num_cpus=num_cpus)

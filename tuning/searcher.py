@@ -446,17 +446,31 @@ class PersistentASHA(AsyncHyperBandScheduler):
             self.load_state_dict(json.loads(path.read_text()))
 
     def _save(self) -> None:
+        from tuning.remote import publish
+
         path = Path(self._state_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".asha-", dir=path.parent)
         with os.fdopen(fd, "w") as f:
             json.dump(self.state_dict(), f)
         os.replace(tmp, path)
+        # An experiment in object storage: upload it now, a resume reads it from there.
+        publish(path)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_loaded"] = False  # a restored copy re-reads the file on first use
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from tuning.experiment import running_experiment, seltune_dir
+
+        self.__dict__.update(state)
+        # Unpickled by Tuner.restore: use the state file of the experiment this driver
+        # runs (the pickled path may be another machine's mirror of it).
+        running = running_experiment()
+        if running is not None:
+            self._state_path = str(seltune_dir(running) / Path(self._state_path).name)
 
     @property
     def stopped_trials(self) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 Reads only files (``seltune/sweep.json``, ``seltune/trials.json``,
 ``seltune/asha_state.json``), never Ray, so it works while the sweep runs (the driver
-rewrites the ledger atomically) and after it ended or died.
+rewrites the ledger atomically) and after it ended or died. For an experiment in object
+storage they are the local mirror's, downloaded by ``find_experiment``; ``path`` is
+then the experiment's URI.
 
 A trial's score is the best value of the sweep's (first) metric over all its reported
 iterations; ``best`` is the trial with the best score, with the metrics of that
@@ -88,7 +90,7 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
                 best = (value, entry, found[1])
     out: dict[str, Any] = {
         "name": spec.name,
-        "path": str(path),
+        "path": spec.uri or str(path),
         "metric": ",".join(spec.metrics),
         "mode": ",".join(spec.modes),
         "counts": counts,

@@ -12,7 +12,8 @@ file with a random token; a zero-CPU task pinned to each alive node reads it bac
 directory that exists on every machine but is not the same directory (e.g. a local
 ``/data`` on each node) therefore fails too. Probe files live under
 ``STORAGE/.seltune-probe-<token>/`` and are removed afterwards. The probe also accepts a
-pyarrow URI (``s3://...``), though ``seltune sweep`` itself takes directory paths only.
+pyarrow URI (``s3://...``, as ``seltune sweep --storage`` does): every node must then
+reach the bucket with its own credentials and endpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 from core.errors import InputError
 
 EXPECTED = ("a directory every node sees at the same path and can write (a shared file "
-            "system such as NFS/EFS mounted on all nodes)")
+            "system such as NFS/EFS mounted on all nodes), or a URI (s3://BUCKET/PREFIX) "
+            "every node can write")
 
 
 def _filesystem(storage: str) -> tuple[Any, str]:

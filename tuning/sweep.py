@@ -26,13 +26,17 @@ from tuning.experiment import (
     LEDGER_FILE,
     SweepSpec,
     create_experiment_dir,
+    create_remote_experiment,
     default_study_storage,
     load_ledger,
     resolve_storage,
+    running_experiment,
     save_spec,
     seltune_dir,
+    set_running_experiment,
     write_json,
 )
+from tuning.remote import EXPECTED_STORAGE, publish
 from tuning.trainables import TRAINABLES, get_trainable
 
 #: Ray's bookkeeping keys that the ledger does not keep (it keeps the metrics).
@@ -205,8 +209,16 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     from tuning.ray_runtime import resolve_address
 
     address = resolve_address(opts.address)
+    storage = resolve_storage(opts.storage)
     if opts.study_storage:
         _check_study_url(opts.study_storage)
+    elif isinstance(storage, str):
+        # The default study is a SQLite file inside the experiment directory; SQLite
+        # cannot live in object storage (and a mirror is not shared between machines).
+        raise InputError(f"not given, and the default SQLite study cannot live in object "
+                         f"storage (--storage {storage})", field="--study-storage",
+                         expected="an RDB URL the driver can reach (postgresql://...) or a "
+                         "local sqlite:////abs/path.db")
     known = info.config_fields()
     space = _load_space(opts.space or info.name, info.name, known)
     cli_fixed = parse_overrides(opts.overrides)
@@ -237,8 +249,10 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
                      "reduction_factor": opts.reduction_factor or 3.0}
     num_samples = opts.num_samples or (DEFAULT_SWEEP_SAMPLES if opts.default_run else 16)
 
-    storage = resolve_storage(opts.storage)
-    path = create_experiment_dir(storage, opts.name, info.name)
+    if isinstance(storage, str):
+        path = create_remote_experiment(storage, opts.name, info.name)
+    else:
+        path = create_experiment_dir(storage, opts.name, info.name)
     spec = SweepSpec(
         name=path.name, storage=str(storage), trainable=info.name,
         data=str(Path(data).resolve()), space=space.to_dict(),
@@ -250,7 +264,18 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         study_name=path.name, max_failures=int(opts.max_failures),
         address=address, sampler=opts.sampler, tensorboard=bool(opts.tensorboard),
     )
-    save_spec(spec)
+    try:
+        save_spec(spec)  # for a URI storage: the upload that claims the name there
+    except OSError as exc:
+        if isinstance(storage, str):
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)  # nothing half-made is left behind
+            raise InputError(f"cannot write {spec.uri}/seltune/sweep.json "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                             field="--storage", value=storage,
+                             expected=EXPECTED_STORAGE) from None
+        raise
     return spec, bundle
 
 
@@ -293,6 +318,8 @@ class LedgerCallback(_CallbackBase):
     time and at most half a second behind after a crash (Ray's own result.json files
     and the restored trials fill that gap on resume). A restored sweep merges into the
     existing ledger, keyed by iteration, so repeated iterations are not duplicated.
+    For an experiment in object storage every write is also uploaded
+    (:func:`tuning.remote.publish`), so the throttle bounds the upload rate too.
     """
 
     def __init__(self, experiment_dir: str) -> None:
@@ -306,7 +333,9 @@ class LedgerCallback(_CallbackBase):
         return {"experiment_dir": self.experiment_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        type(self).__init__(self, state["experiment_dir"])
+        # Unpickled by Tuner.restore: write where this driver runs the experiment.
+        running = running_experiment()
+        type(self).__init__(self, str(running) if running else state["experiment_dir"])
 
     @property
     def ledger(self) -> dict[str, Any]:
@@ -336,7 +365,9 @@ class LedgerCallback(_CallbackBase):
             self._dirty = True
             return
         self.ledger["updated"] = time.time()
-        write_json(seltune_dir(Path(self.experiment_dir)) / LEDGER_FILE, self.ledger)
+        path = seltune_dir(Path(self.experiment_dir)) / LEDGER_FILE
+        write_json(path, self.ledger)
+        publish(path)
         self._last_write = now
         self._dirty = False
 
@@ -507,12 +538,14 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     info = TRAINABLES[spec.trainable]
     path = spec.path
     claim_driver(path)
+    set_running_experiment(path)
     try:
         if bundle is None:
             bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
         _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
              progress_interval=progress_interval)
     finally:
+        set_running_experiment(None)
         release_driver(path)
     return experiment_status(path)
 
@@ -539,8 +572,10 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial)
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, restart_errored=False)
+            # A URI for an experiment in object storage: Tune reads its state from there.
+            tuner = tune.Tuner.restore(spec.location, trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True,
+                                       restart_errored=False)
         else:
             searcher = build_searcher(spec.space, spec.metrics, spec.modes, spec.seed,
                                       spec.study_storage, spec.study_name, spec.sampler,
@@ -575,7 +610,7 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
 
 def run_sweep(opts: SweepOptions, *, progress_interval: float = 10.0) -> dict[str, Any]:
     spec, bundle = prepare_sweep(opts)
-    print(f"[seltune] experiment {spec.path} ({spec.trainable}, {spec.num_samples} trials, "
+    print(f"[seltune] experiment {spec.location} ({spec.trainable}, {spec.num_samples} trials, "
           f"metric {','.join(spec.metrics)} {','.join(spec.modes)})", file=sys.stderr,
           flush=True)
     return execute(spec, bundle, num_cpus=opts.num_cpus, progress_interval=progress_interval)

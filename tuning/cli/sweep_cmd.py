@@ -15,6 +15,10 @@ from core.device import DEVICE_CHOICES
 EPILOG_SWEEP = """\
 Experiments go to STORAGE/NAME (STORAGE: --storage, $SELTUNE_STORAGE or
 ~/seltune_results; NAME: --name or TRAINABLE-DATE-TIME). A name is never reused.
+STORAGE may be object storage, any URI pyarrow opens (s3://BUCKET/PREFIX, gs://...,
+options as a query: s3://b/p?endpoint_override=HOST:PORT&scheme=http); Tune writes
+trials and checkpoints there, seltune/ is mirrored under ~/.cache/seltune/remote and
+uploaded; it needs --study-storage. resume/status/export take URI/NAME.
 Single objective: Optuna TPE proposes, ASHA stops trials early on --metric
 (rungs at grace_period * reduction_factor^k, in reports: epochs or cycles); trials
 stopped early are told to Optuna as PRUNED. Multi-objective (--metric a,b): no early
@@ -52,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--address", help="local | auto | HOST:PORT (default $RAY_ADDRESS or local)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--storage", help="directory of experiments")
+    p.add_argument("--storage", help="directory of experiments, or a URI "
+                   "(s3://BUCKET/PREFIX...; then --study-storage is required)")
     p.add_argument("--name", help="experiment name (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
@@ -71,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_sweep_cmd)
 
     r = sub.add_parser("resume", help="continue a sweep whose driver died or was stopped")
-    r.add_argument("experiment", metavar="EXPERIMENT", help="experiment directory or name")
+    r.add_argument("experiment", metavar="EXPERIMENT",
+                   help="experiment directory, name (under --storage) or URI/NAME")
     r.add_argument("--storage")
     r.add_argument("--num-cpus", type=int)
     r.add_argument("--address", help="override the saved Ray address")
@@ -152,11 +158,9 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 def _exit_code(status: dict) -> int:
     """0 when the sweep ran to its end; 1 (with a hint) when it stopped early or every
     trial failed."""
-    from pathlib import Path
+    from tuning.experiment import experiment_local_dir, load_spec
 
-    from tuning.experiment import load_spec
-
-    spec = load_spec(Path(status["path"]))
+    spec = load_spec(experiment_local_dir(status["path"]))
     finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
     errors = status["counts"].get("ERROR", 0)
     if finished + errors < spec.num_samples:

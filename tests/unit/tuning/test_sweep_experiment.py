@@ -95,7 +95,7 @@ def test_storage_paths(tmp_path):
     assert resolve_storage(str(tmp_path)) == tmp_path.resolve()
     assert resolve_storage(f"file://{tmp_path}") == tmp_path.resolve()
     with pytest.raises(InputError, match="--storage"):
-        resolve_storage("s3://bucket/x")
+        resolve_storage("foo://bucket/x")  # a URI scheme pyarrow cannot open
 
 
 def test_default_study_is_sqlite_inside_the_experiment(tmp_path):

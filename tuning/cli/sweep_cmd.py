@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
                    help="Optuna sampler (random: the baseline of benchmarks/search_quality.py)")
     p.add_argument("--study-storage", help="SQLAlchemy URL of the Optuna study "
-                   "(default: SQLite inside the experiment; e.g. postgresql://...)")
+                   "(default: SQLite inside the experiment; e.g. postgresql://...; "
+                   "required when --storage is a URI)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failing trial (from its last checkpoint)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -85,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_resume_cmd)
 
     e = sub.add_parser("export", help="export the best trial: config, checkpoint, metrics, report")
-    e.add_argument("experiment", metavar="EXPERIMENT")
+    e.add_argument("experiment", metavar="EXPERIMENT",
+                   help="experiment directory, name (under --storage) or URI/NAME")
     e.add_argument("--out", required=True, help="output directory (must not exist)")
     e.add_argument("--metric", help="select by this metric (default: the sweep's)")
     e.add_argument("--mode", help="min|max (default: the metric's direction)")
@@ -96,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export_cmd)
 
     s = sub.add_parser("status", help="trial counts, best so far and per-trial table")
-    s.add_argument("experiment", metavar="EXPERIMENT")
+    s.add_argument("experiment", metavar="EXPERIMENT",
+                   help="experiment directory, name (under --storage) or URI/NAME")
     s.add_argument("--storage")
     s.add_argument("--top", type=int, help="show only the best N trials")
     s.add_argument("--json", action="store_true",

@@ -198,3 +198,28 @@ def test_local_experiment_publishes_nothing(tmp_path, cache):
     save_spec(spec)
     assert spec.uri is None and spec.location == str(tmp_path / "exp")
     assert not cache.exists()
+
+
+def test_restored_ledger_and_asha_write_where_this_driver_runs(tmp_path):
+    """Tuner.restore unpickles the ledger callback and ASHA from tuner.pkl; they must use
+    this driver's experiment directory (e.g. this machine's mirror), not the pickled one."""
+    import pickle
+
+    from tuning.experiment import set_running_experiment
+    from tuning.searcher import build_scheduler
+    from tuning.sweep import LedgerCallback
+
+    ledger = LedgerCallback(str(tmp_path / "elsewhere"))
+    asha = build_scheduler({"kind": "asha", "grace_period": 1, "max_t": 3,
+                            "reduction_factor": 3.0}, "augrc", "min",
+                           tmp_path / "elsewhere" / "seltune" / "asha_state.json")
+    blobs = pickle.dumps(ledger), pickle.dumps(asha)
+    set_running_experiment(tmp_path / "here")
+    try:
+        ledger2, asha2 = (pickle.loads(b) for b in blobs)
+    finally:
+        set_running_experiment(None)
+    assert ledger2.experiment_dir == str(tmp_path / "here")
+    assert asha2._state_path == str(tmp_path / "here" / "seltune" / "asha_state.json")
+    # No running experiment (e.g. a test unpickling it): the pickled paths stay.
+    assert pickle.loads(blobs[0]).experiment_dir == str(tmp_path / "elsewhere")

@@ -13,14 +13,26 @@ This module shells out to the ``ray`` CLI and never imports ``ray``; it is Linux
 (``/proc``). All nodes share one machine, so "node failure" is simulated by
 :func:`kill_node`, which SIGKILLs every process of one node at once.
 
-Node IP (NODE_IP_NOTE): the brief asked for 127.0.0.1, but on Linux Ray 2.60 rewrites
-``127.0.0.1``/``localhost`` to the machine's routable interface address whenever a
-multi-node cluster is possible (``ray._private.services.resolve_ip_for_localhost``, used
-for ``--node-ip-address`` and for a worker's ``--address``); the only switch that keeps
-loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) makes ``ray start --address`` refuse to
-add worker nodes. So every node uses the address Ray picks for this machine (read from
-the head's ``TEMP/ray_current_cluster``), traffic never leaves the machine, the dashboard
-binds 127.0.0.1 only, and token authentication guards the GCS port.
+Loopback only (NODE_IP_NOTE): every node advertises 127.0.0.1, and then Ray binds each
+of its servers (GCS, raylets, object managers, workers, agents, dashboard) to 127.0.0.1
+only; nothing listens on 0.0.0.0 or the machine's address. Two things in Ray 2.60 have
+to be stepped around, both without touching Ray's code:
+
+- Ray rewrites the literal strings ``127.0.0.1``/``localhost`` to the machine's
+  routable address whenever multi-node clusters are enabled
+  (``ray._private.services.resolve_ip_for_localhost``), for ``--node-ip-address`` and for
+  a worker's ``--address``. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` turns that off, so the
+  head runs with it and ``--node-ip-address 127.0.0.1``.
+- ``ray start --address`` refuses to add a worker node when that variable is 0. Workers
+  therefore run without it and join ``127.1:PORT``: the same loopback address written
+  so that Ray does not rewrite it (resolved with ``GRPC_DNS_RESOLVER=native``; gRPC's
+  default resolver does not accept it). With no ``--node-ip-address`` a worker takes the
+  address it reaches the GCS from, 127.0.0.1.
+
+Every node runs with ``GRPC_DNS_RESOLVER=native``, so any process on it (a job's
+entrypoint with ``--address auto`` included) can use ``127.1``. Drivers get
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with ``RAY_ADDRESS=127.0.0.1:PORT``
+(:func:`cluster_env`), so ``ray.init`` keeps the address as given.
 
 Token authentication: Ray >= 2.60 enables token auth for local clusters, and
 ``RAY_AUTH_MODE`` must be identical in every process that talks to the cluster (nodes,
@@ -32,7 +44,7 @@ file (``env``) so drivers can use them (:func:`apply_env`, ``seltune cluster env
 
 State file (``DIR/cluster.json``, written atomically)::
 
-    {"version": 1, "address": "IP:PORT", "gcs_port": PORT,
+    {"version": 1, "address": "127.0.0.1:PORT", "gcs_port": PORT,
      "dashboard_url": "http://127.0.0.1:PORT" | null, "auth_mode": "token"|"disabled",
      "token_file": PATH | null, "temp_dir": PATH, "dir": PATH,
      "cpus_per_node": M, "gpus_per_node": G, "object_store_mb": MB,
@@ -71,6 +83,10 @@ AUTH_MODES = ("token", "disabled")
 # Ray's unix socket paths live under the temp dir and must stay below the 107-byte
 # sun_path limit, so the Ray temp root is a short path under /tmp, not under DIR.
 _SHORT_TMP_PARENT = "/tmp"
+LOOPBACK = "127.0.0.1"
+#: How worker nodes spell the head's address so that Ray leaves it on loopback.
+WORKER_JOIN_HOST = "127.1"
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _READY_LINE = "Ray runtime started"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -376,8 +392,8 @@ def _validate(nodes: int, cpus_per_node: int, gpus_per_node: int, port: int | No
         raise InputError(field="--object-store-mb", value=object_store_mb, expected=">= 80")
 
 
-def _node_command(ray: list[str], *, head: bool, index: int, gcs_address: str | None,
-                  port: int | None, cpus: int, gpus: int, temp_dir: str,
+def _node_command(ray: list[str], *, head: bool, index: int, port: int | None,
+                  cpus: int, gpus: int, temp_dir: str,
                   object_store_mb: int, dashboard_port: int | None,
                   python_path: Sequence[str | Path] = ()) -> list[str]:
     cmd = [
@@ -391,9 +407,9 @@ def _node_command(ray: list[str], *, head: bool, index: int, gcs_address: str | 
         "--dashboard-agent-listen-port", str(free_port()),
     ]
     if head:
-        # No --node-ip-address: on Linux Ray rewrites 127.0.0.1/localhost to the
-        # machine's routable address for any multi-node cluster (see NODE_IP_NOTE).
-        cmd += ["--head", "--port", str(port)]
+        # Started with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (node_env), so Ray keeps this
+        # address and binds its servers to loopback only (see NODE_IP_NOTE).
+        cmd += ["--head", "--port", str(port), "--node-ip-address", LOOPBACK]
         if _has_module("grpc", python_path):
             # Only with ray[client] (grpcio) installed does the head start the client
             # server, whose default port 10001 would collide with other clusters.
@@ -404,8 +420,23 @@ def _node_command(ray: list[str], *, head: bool, index: int, gcs_address: str | 
         else:
             cmd += ["--include-dashboard", "false"]
     else:
-        cmd += ["--address", str(gcs_address)]
+        # 127.1 is 127.0.0.1 in a spelling Ray does not rewrite (see NODE_IP_NOTE).
+        cmd += ["--address", f"{WORKER_JOIN_HOST}:{port}"]
     return cmd
+
+
+def node_env_for(base: dict[str, str], head: bool) -> dict[str, str]:
+    """The environment of node ``ray start`` processes (see NODE_IP_NOTE)."""
+    env = dict(base)
+    # Every process of every node may meet 127.1 (workers' GCS address; `address="auto"`
+    # reads TEMP/ray_current_cluster, which the last worker wrote): gRPC's default
+    # resolver rejects that spelling, the native one (getaddrinfo) accepts it.
+    env["GRPC_DNS_RESOLVER"] = "native"
+    if head:
+        env[_CLUSTER_SWITCH] = "0"
+    else:
+        env.pop(_CLUSTER_SWITCH, None)  # `ray start --address` refuses to run with it
+    return env
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -529,7 +560,9 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
     gcs_port = port if port is not None else free_port()
     dashboard_port = free_port() if dashboard else None
 
-    env = {"RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
+    # Drivers: keep 127.0.0.1 as given, and accept 127.1 too (NODE_IP_NOTE).
+    env = {"RAY_ADDRESS": f"{LOOPBACK}:{gcs_port}", _CLUSTER_SWITCH: "0",
+           "GRPC_DNS_RESOLVER": "native"}
     unset_env = ["RAY_AUTH_TOKEN"]  # it would override the token file below
     token_file: Path | None = None
     if auth_mode == "token":
@@ -546,7 +579,8 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
     node_env = dict(os.environ)
     for key in [*unset_env, "RAY_ADDRESS"]:
         node_env.pop(key, None)
-    node_env.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})
+    node_env.update({k: v for k, v in env.items()
+                     if k not in ("RAY_ADDRESS", _CLUSTER_SWITCH, "GRPC_DNS_RESOLVER")})
     node_env.update(RAY_TMPDIR=temp_dir, RAY_USAGE_STATS_ENABLED="0")
     # Job entrypoints (`seltune sweep ...` from `seltune submit`) run with the nodes'
     # PATH: put this interpreter's scripts first, so they are the same installation.
@@ -558,7 +592,7 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
             + [str(Path(p).resolve()) for p in python_path])
 
     state = ClusterState(
-        address=f"127.0.0.1:{gcs_port}", gcs_port=gcs_port,
+        address=f"{LOOPBACK}:{gcs_port}", gcs_port=gcs_port,
         dashboard_url=f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None,
         auth_mode=auth_mode, token_file=str(token_file) if token_file else None,
         temp_dir=temp_dir, dir=str(directory), cpus_per_node=cpus_per_node,
@@ -591,11 +625,15 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
                     failed_log.rename(failed_log.with_suffix(f".failed{attempt + 1}.log"))
                     if head:  # its GCS port may have been taken meanwhile: pick another
                         state.gcs_port = free_port()
-                        state.address = f"127.0.0.1:{state.gcs_port}"
+                        state.address = f"{LOOPBACK}:{state.gcs_port}"
+                        state.env["RAY_ADDRESS"] = state.address
             if head:
-                # Workers need the head's GCS; they use the address Ray itself
-                # advertises (written to TEMP/ray_current_cluster).
+                # The address the head advertises (TEMP/ray_current_cluster) must be
+                # loopback; workers overwrite that file with their own spelling.
                 state.address = _read_head_address(temp_dir, state.gcs_port)
+                if not state.address.startswith(f"{LOOPBACK}:"):
+                    raise ClusterError(f"the head advertises {state.address}, not "
+                                       f"{LOOPBACK}; log {state.nodes[0].log}")
                 state.env["RAY_ADDRESS"] = state.address
                 save_state(state)
                 if dashboard_port is not None:
@@ -619,14 +657,14 @@ def _start_node(state: ClusterState, ray: list[str], index: int, node_env: dict[
     """Spawn node ``index`` and record it in ``state`` (saved at once, so that `down`
     can always stop it, even if this process dies right after)."""
     head = index == 0
-    cmd = _node_command(ray, head=head, index=index, gcs_address=state.address,
-                        port=state.gcs_port, cpus=state.cpus_per_node,
+    cmd = _node_command(ray, head=head, index=index, port=state.gcs_port,
+                        cpus=state.cpus_per_node,
                         gpus=state.gpus_per_node, temp_dir=state.temp_dir,
                         object_store_mb=state.object_store_mb, dashboard_port=dashboard_port,
                         python_path=python_path)
     if wrap_node is not None:
         cmd = list(wrap_node(index, cmd))
-    proc = _spawn(cmd, node_env, log)
+    proc = _spawn(cmd, node_env_for(node_env, head), log)
     _CHILDREN[proc.pid] = proc
     stat = _proc_stat(proc.pid)
     node = NodeInfo(index=index, role="head" if head else "worker", pid=proc.pid,

@@ -116,6 +116,23 @@ def _trial_actors_use_prestarted_workers() -> None:
         del defaults["PL_DISABLE_FORK"]
 
 
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` (``HOST:PORT``, ``ray://HOST:PORT``, or ``auto`` meaning
+    ``$RAY_ADDRESS``) names this machine's loopback: ``127.x.x.x`` in any spelling
+    (``127.1`` too) or ``localhost``."""
+    import socket
+
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    host = address.removeprefix("ray://").rsplit(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return socket.inet_aton(host)[0] == 127
+    except OSError:
+        return False
+
+
 def _bind_to_loopback() -> None:
     """Make a local Ray use 127.0.0.1 for its node address.
 
@@ -183,6 +200,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         )
         return RayRuntime(address=address, started_local=True, temp_dir=temp_dir,
                           owns_temp_dir=owns)
+    if _is_loopback(address):
+        # A cluster on this machine's loopback (`seltune cluster up`): without this Ray
+        # would rewrite 127.0.0.1 to the machine's address, where nothing listens.
+        _bind_to_loopback()
     try:
         ray.init(address=address, logging_level=log_level, log_to_driver=True)
     except ConnectionError as exc:

@@ -62,13 +62,19 @@ def run_seltune(args: list[str], state: local.ClusterState | None = None, timeou
 
 
 def _refresh_ray_auth_config() -> None:
-    """Make an already-imported Ray re-read RAY_AUTH_MODE / the token (it caches both)."""
+    """Make an already-imported Ray re-read what it caches from the environment:
+    RAY_AUTH_MODE / the token, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (which decides
+    whether 127.0.0.1 is kept; the launcher's clusters are loopback-only)."""
     if "ray" not in sys.modules:
         return
+    from ray._private import ray_constants
+    from ray._private.ray_constants import env_bool
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+    ray_constants.ENABLE_RAY_CLUSTER = env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
+                                                not ray_constants.IS_WINDOWS_OR_OSX)
 
 
 @contextlib.contextmanager

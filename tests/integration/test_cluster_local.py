@@ -31,6 +31,41 @@ def _alive_nodes(ray):
     return [n for n in ray.nodes() if n["Alive"]]
 
 
+def _listening_addresses(pids) -> set[str]:
+    """Local IPs of the TCP sockets in LISTEN state held by ``pids`` (Linux /proc)."""
+    import ipaddress
+    import os
+
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local_hex, state, inode = fields[1].split(":")[0], fields[3], fields[9]
+                if state != "0A" or inode not in inodes:  # 0A = LISTEN
+                    continue
+                raw = bytes.fromhex(local_hex)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                words = [raw[i:i + 4][::-1] for i in range(0, width, 4)]
+                ip = ipaddress.ip_address(b"".join(words))
+                found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # ::ffff:a.b.c.d
+    return found
+
+
 def test_three_node_cluster_spreads_tasks_survives_a_node_loss_and_stops_clean(tmp_path):
     import ray
 
@@ -54,6 +89,12 @@ def test_three_node_cluster_spreads_tasks_survives_a_node_loss_and_stops_clean(t
                                if r.startswith("seltune_node_")}
                 assert sorted(by_resource) == ["seltune_node_0", "seltune_node_1",
                                                "seltune_node_2"]
+                # Loopback only: every node advertises 127.0.0.1 and no process of any
+                # node listens on another address (0.0.0.0, the machine's IP).
+                assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+                cluster_pids = [pid for n in state.nodes for pid in local.node_pids(n)]
+                listening = _listening_addresses(cluster_pids)
+                assert listening == {"127.0.0.1"}, listening
 
                 @ray.remote(num_cpus=1)
                 def where(seconds):

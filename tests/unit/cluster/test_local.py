@@ -132,7 +132,7 @@ def test_up_refuses_a_directory_whose_cluster_is_alive(tmp_path):
 
 
 def test_node_command_head_and_worker():
-    head = local._node_command(["ray"], head=True, index=0, gcs_address=None, port=6390,
+    head = local._node_command(["ray"], head=True, index=0, port=6390,
                                cpus=2, gpus=1, temp_dir="/tmp/stc-x", object_store_mb=100,
                                dashboard_port=None)
     assert head[:3] == ["ray", "start", "--block"]
@@ -143,17 +143,31 @@ def test_node_command_head_and_worker():
     assert head[head.index("--object-store-memory") + 1] == str(100 * 1024 * 1024)
     assert json.loads(head[head.index("--resources") + 1]) == {"seltune_node_0": 1}
     assert "--address" not in head
-    worker = local._node_command(["ray"], head=False, index=2, gcs_address="192.0.2.2:6390",
+    assert head[head.index("--node-ip-address") + 1] == "127.0.0.1"
+    worker = local._node_command(["ray"], head=False, index=2,
                                  port=6390, cpus=1, gpus=0, temp_dir="/tmp/stc-x",
                                  object_store_mb=100, dashboard_port=8265)
-    assert worker[worker.index("--address") + 1] == "192.0.2.2:6390"
+    # 127.1 is loopback spelled so that Ray does not rewrite it to the host's address.
+    assert worker[worker.index("--address") + 1] == "127.1:6390"
     assert "--head" not in worker and "--include-dashboard" not in worker
+    assert "--node-ip-address" not in worker
     assert json.loads(worker[worker.index("--resources") + 1]) == {"seltune_node_2": 1}
-    with_dash = local._node_command(["ray"], head=True, index=0, gcs_address=None, port=1,
+    with_dash = local._node_command(["ray"], head=True, index=0, port=1,
                                     cpus=1, gpus=0, temp_dir="t", object_store_mb=100,
                                     dashboard_port=8266)
     assert with_dash[with_dash.index("--dashboard-port") + 1] == "8266"
     assert with_dash[with_dash.index("--dashboard-host") + 1] == "127.0.0.1"
+
+
+def test_node_env_keeps_loopback_on_the_head_and_lets_workers_join():
+    base = {"PATH": "/bin", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    head = local.node_env_for(base, head=True)
+    worker = local.node_env_for(base, head=False)
+    assert head["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in worker
+    assert worker["GRPC_DNS_RESOLVER"] == head["GRPC_DNS_RESOLVER"] == "native"
+    assert worker["PATH"] == "/bin"
+    assert base == {"PATH": "/bin", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def test_env_helpers(tmp_path):

@@ -48,3 +48,16 @@ def test_trial_actors_get_no_runtime_env_of_their_own(monkeypatch):
 
     remote = class_cache._ActorClassCache().get(Trainable)
     assert not remote._default_options.get("runtime_env")  # Ray normalises it to {}
+
+
+def test_loopback_addresses(monkeypatch):
+    from tuning.ray_runtime import _is_loopback
+
+    for address in ("127.0.0.1:6379", "localhost:6379", "127.1:6379", "ray://127.0.0.1:10001"):
+        assert _is_loopback(address), address
+    for address in ("10.0.0.5:6379", "head.example:6379", "ray://10.0.0.5:10001"):
+        assert not _is_loopback(address), address
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:7000")
+    assert _is_loopback("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:7000")
+    assert not _is_loopback("auto")

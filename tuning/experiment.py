@@ -362,10 +362,14 @@ def seltune_dir(path: Path) -> Path:
     return Path(path) / SELTUNE_DIR
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temporary sibling, then rename)."""
+def write_json(path: Path, obj: Any, *, indent: int | None = 1) -> None:
+    """Write ``obj`` as JSON atomically (temporary sibling, then rename).
+
+    ``indent=None`` writes compact JSON with the C encoder, ~10x faster than indented
+    output (which falls back to pure Python): for files rewritten while a sweep runs.
+    """
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, allow_nan=True, default=str))
+        tmp.write_text(json.dumps(obj, indent=indent, allow_nan=True, default=str))
 
 
 def read_json(path: Path) -> Any:

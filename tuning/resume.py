@@ -3,8 +3,9 @@
 What is kept, and how:
 
 - **Trials**: ``Tuner.restore`` brings back every trial of Ray's last experiment
-  snapshot (taken every second, see ``TUNE_GLOBAL_CHECKPOINT_S`` in
-  :mod:`tuning.sweep`); unfinished ones continue from their last checkpoint
+  snapshot (taken every 5 s, see ``TUNE_GLOBAL_CHECKPOINT_S`` in
+  :mod:`tuning.sweep`; trials started after it are reconciled from the ledger and the
+  study, see :class:`tuning.sweep.LedgerCallback`); unfinished ones continue from their last checkpoint
   (``resume_unfinished``); errored ones are retried from their last checkpoint with
   ``resume_errored`` (``restart_errored`` would hand OptunaSearch a trial id it never
   suggested and crash the driver). The search generator's trial counter is part of the

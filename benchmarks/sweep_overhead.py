@@ -12,14 +12,17 @@ run to the end of the default schedule (no early stopping on either side):
   (default 2) and one CPU per trial (two trials at a time), ``--grace-period = --max-t``
   so ASHA stops nothing. Its wall time includes interpreter start, Ray start and stop.
 
-Reported: both wall times, the ratio seltune / serial (target <= 1), the summed
-in-trial compute time of each side, and the per-trial start-up cost of seltune
-``(slots * wall - sum of in-trial time) / N`` (what a trial pays for being a Tune
-trial: scheduling, actor reuse, result and checkpoint handling; Ray start included).
+The sides run ``--repeat`` times (default 3), interleaved round by round, because on
+a 2-core machine one run varies by a second or two. Reported: every wall time, the
+medians, the ratio median seltune / median of the faster serial loop (target <= 1),
+each round's own ratio, the summed in-trial compute time, and the per-trial start-up
+cost of seltune ``(slots * wall - sum of in-trial time) / N`` (what a trial pays for
+being a Tune trial: scheduling, result and checkpoint handling; Ray start and stop
+included). A PNG of the wall times goes to ``--plot``.
 
 Usage::
 
-    python benchmarks/sweep_overhead.py                 # 32 trials, ~5 min on 2 CPUs
+    python benchmarks/sweep_overhead.py                 # 32 trials x 3 rounds, ~5 min
     python benchmarks/sweep_overhead.py --quick         # 4 short trials, smoke test
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +137,32 @@ def run_seltune(configs: list[dict], data: str, fixed: dict, num_cpus: int,
             "same_configs": ran == wanted, "experiment": str(work)}
 
 
+def plot(result: dict, path: Path) -> None:
+    """Wall time of every side per round (points) and their medians (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = [(f"serial, {t} thread{'s' if t > 1 else ''}", [
+        x["wall_s"] for r in result["rounds"] for x in r["serial_runs"] if x["threads"] == t])
+        for t in sorted({x["threads"] for r in result["rounds"] for x in r["serial_runs"]})]
+    sides.append((f"seltune sweep, {result['num_cpus']} CPUs",
+                  [r["seltune"]["wall_s"] for r in result["rounds"]]))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (_label, walls) in enumerate(sides):
+        ax.bar(i, statistics.median(walls), color="#9ecae1" if i < len(sides) - 1 else "#fdae6b")
+        ax.scatter([i] * len(walls), walls, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(sides)), [label for label, _ in sides])
+    ax.set_ylabel("wall time (s)")
+    ax.set_title(f"{result['trials']} argse-selective trials: median ratio "
+                 f"{result['wall_ratio_seltune_over_serial']:.2f}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=32)
@@ -140,6 +170,10 @@ def main() -> None:
     ap.add_argument("--serial-threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="4 trials, 1+1 cycle schedule")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved rounds of every side (medians are reported)")
+    ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "sweep_overhead.png"),
+                    help="PNG of the wall times per round ('' for none)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_overhead.json"))
     args = ap.parse_args()
 
@@ -155,24 +189,44 @@ def main() -> None:
     bundle = load_bundle(data)
     configs = draw_configs(n, args.seed)
 
-    serials = []
-    for threads in args.serial_threads:
-        serials.append(run_serial(configs, bundle, fixed, threads))
-        print(f"serial ({threads} thread(s)): {serials[-1]['wall_s']:.1f} s for {n} trials",
+    rounds = []
+    for r in range(args.repeat):
+        # Interleaved (serial at each thread count, then seltune) so that a change in
+        # the machine's load hits every side of a round alike.
+        serials = []
+        for threads in args.serial_threads:
+            serials.append(run_serial(configs, bundle, fixed, threads))
+            print(f"round {r + 1}: serial ({threads} thread(s)) {serials[-1]['wall_s']:.1f} s "
+                  f"for {n} trials", file=sys.stderr, flush=True)
+        tuned = run_seltune(configs, data, fixed, args.num_cpus, max_t)
+        print(f"round {r + 1}: seltune {tuned['wall_s']:.1f} s for {tuned['trials']} trials",
               file=sys.stderr, flush=True)
-    serial = min(serials, key=lambda r: r["wall_s"])
-    tuned = run_seltune(configs, data, fixed, args.num_cpus, max_t)
-    print(f"seltune: {tuned['wall_s']:.1f} s for {tuned['trials']} trials", file=sys.stderr)
+        serial = min(serials, key=lambda x: x["wall_s"])
+        rounds.append({"serial_runs": serials, "serial": serial, "seltune": tuned,
+                       "wall_ratio_seltune_over_serial": tuned["wall_s"] / serial["wall_s"]})
     slots = min(args.num_cpus, n)
+
+    def median(values):
+        return float(statistics.median(values))
+
+    serial_median = {t: median([x["wall_s"] for r in rounds for x in r["serial_runs"]
+                                if x["threads"] == t]) for t in args.serial_threads}
+    seltune_median = median([r["seltune"]["wall_s"] for r in rounds])
+    compute_median = median([r["seltune"]["trial_compute_s"] for r in rounds])
+    best_serial = min(serial_median.values())
     result = {
         "trials": n, "schedule": {"stageA_epochs": cfg.stageA_epochs, "cycles": cfg.cycles,
                                   "b1_epochs": cfg.b1_epochs},
-        "num_cpus": args.num_cpus, "serial_runs": serials, "serial": serial, "seltune": tuned,
-        "wall_ratio_seltune_over_serial": tuned["wall_s"] / serial["wall_s"],
-        "seltune_startup_per_trial_s": (slots * tuned["wall_s"] - tuned["trial_compute_s"]) / n,
-        "serial_overhead_per_trial_s": (serial["wall_s"] - serial["trial_compute_s"]) / n,
+        "num_cpus": args.num_cpus, "repeat": args.repeat, "rounds": rounds,
+        "median_wall_s": {"seltune": seltune_median,
+                          **{f"serial_{t}_threads": v for t, v in serial_median.items()}},
+        "wall_ratio_seltune_over_serial": seltune_median / best_serial,
+        "round_ratios": [r["wall_ratio_seltune_over_serial"] for r in rounds],
+        "seltune_startup_per_trial_s": (slots * seltune_median - compute_median) / n,
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
     }
+    if args.plot:
+        plot(result, Path(args.plot))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -3,8 +3,8 @@ over the nodes, a worker node killed mid-trial with the trial finishing from its
 checkpoint on another node, and a driver killed with SIGKILL and the sweep resumed
 from the shared storage with its Optuna study in PostgreSQL.
 
-Nodes share this machine's IP, so trials are mapped to nodes through the pid in each
-Tune result and the session membership of that pid (``PidTracker``).
+Every node is 127.0.0.1, so trials are mapped to nodes through the pid in each Tune
+result and the session membership of that pid (``PidTracker``).
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ def _sweep(state, storage, name, *extra):
 
 
 def _start(cmd, state):
-    # Own session: the test can SIGKILL exactly this driver, nothing else.
-    return subprocess.Popen(cmd, env=seltune_env(state), cwd=str(REPO), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    # Own session: the test can SIGKILL exactly this driver, nothing else. The test
+    # watches Tune's result.json files, which Tune copies from the driver's staging dir
+    # to the storage at each experiment snapshot: every second here (seltune's default
+    # is 5 s), so that a trial is seen between two reports.
+    return subprocess.Popen(cmd, env=seltune_env(state, TUNE_GLOBAL_CHECKPOINT_S="1"),
+                            cwd=str(REPO), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
 
 
 def _finish(proc, timeout=900):

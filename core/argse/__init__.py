@@ -4,15 +4,15 @@ training, baselines, checkpoints and predictor (ALGORITHMS.md §2, §5).
 No Ray here: the training functions take a ``report(metrics, checkpoint_dir)``
 callback and run the same under Tune, in a test or from ``seltune train``.
 
-The names below are imported on first use (PEP 562), so that importing one light
-submodule (e.g. ``core.argse.config`` from a Ray driver that only validates
-configs) does not import torch.
+Names are imported on first use (:mod:`core.lazy`): ``import core.argse.config`` does not
+import torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from core.argse.baselines import BASELINE_NAMES, baseline_metrics, fit_baselines
@@ -97,13 +97,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SOURCES:
-        value = getattr(importlib.import_module(_SOURCES[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

@@ -4,15 +4,15 @@ Train with :func:`train_stage1` on a feature bundle; load the written artefacts 
 :func:`load_predictor` (features in, class / calibrated probs / exit out) or score them
 with :func:`evaluate_checkpoint`.
 
-The names below are imported on first use (PEP 562), so that importing one light
-submodule (e.g. ``core.stage1.config`` from a Ray driver that only validates
-configs) does not import torch.
+Names are imported on first use (:mod:`core.lazy`): ``import core.stage1.config`` does not
+import torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from core.stage1.artifacts import evaluate_checkpoint, load_artifacts, save_artifacts
@@ -96,13 +96,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SOURCES:
-        value = getattr(importlib.import_module(_SOURCES[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -287,6 +287,59 @@ class _PipFailed(Exception):
     pass
 
 
+def cached_target_install(name: str, install: Callable[[Path, list[str]], None],
+                          what: str) -> Path:
+    """``$XDG_CACHE_HOME/seltune/NAME`` (default ``~/.cache/seltune``), built once by
+    ``install(site_dir, log_lines)`` (a ``pip install --target site_dir ...``).
+
+    Built in a temporary sibling and renamed into place, so a present directory is
+    always complete and concurrent sessions never see a half-built one. Skips the test,
+    with the reason, only when the package index cannot be reached; any other pip
+    failure is an error.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seltune"
+    target = cache / name
+    if target.is_dir():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache))
+    log: list[str] = []
+    started = time.monotonic()
+    try:
+        try:
+            install(work / "site", log)
+        except (_PipFailed, subprocess.TimeoutExpired) as exc:
+            unreachable = _unreachable_index()
+            if unreachable is not None:
+                pytest.skip(f"the package index {unreachable} is unreachable, so {what} "
+                            "cannot be installed")
+            raise RuntimeError(f"pip failed {exc} {what}:\n{chr(10).join(log)[-3000:]}") \
+                from None
+        log.append(f"installed in {time.monotonic() - started:.1f} s")
+        (work / "site" / "_seltune_install.log").write_text("\n".join(log))
+        try:
+            os.rename(work / "site", target)
+        except OSError:
+            if not target.is_dir():  # not merely beaten to it by another session
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid`` (Linux ``/proc``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
 @pytest.fixture(scope="session")
 def ray_default_path() -> Path:
     """A directory with the packages of ``ray[default]`` this venv lacks (for PYTHONPATH).
@@ -307,35 +360,11 @@ def ray_default_path() -> Path:
     if not requirements:
         raise AssertionError("Ray's metadata lists no requirement for its `default` extra")
     key = hashlib.sha256(json.dumps([requirements, sorted(venv.items())]).encode())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seltune"
-    target = cache / (f"ray-default-{importlib.metadata.version('ray')}-py"
-                      f"{sys.version_info.major}{sys.version_info.minor}-{key.hexdigest()[:12]}")
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
-        log: list[str] = []
-        started = time.monotonic()
-        try:
-            try:
-                _install_ray_default(work / "site", requirements, venv, log)
-            except (_PipFailed, subprocess.TimeoutExpired) as exc:
-                unreachable = _unreachable_index()
-                detail = "\n".join(log)[-3000:]
-                if unreachable is not None:
-                    pytest.skip(f"the package index {unreachable} is unreachable, so Ray's "
-                                f"job server packages (ray[default]: {', '.join(requirements)}) "
-                                "cannot be installed")
-                raise RuntimeError(f"pip failed {exc} ray[default]'s packages "
-                                   f"{requirements}:\n{detail}") from None
-            log.append(f"installed in {time.monotonic() - started:.1f} s")
-            (work / "site" / "_seltune_install.log").write_text("\n".join(log))
-            try:
-                os.rename(work / "site", target)
-            except OSError:
-                if not target.is_dir():  # not merely beaten to it by another session
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    name = (f"ray-default-{importlib.metadata.version('ray')}-py"
+            f"{sys.version_info.major}{sys.version_info.minor}-{key.hexdigest()[:12]}")
+    what = f"Ray's job server packages (ray[default]: {', '.join(requirements)})"
+    target = cached_target_install(
+        name, lambda site, log: _install_ray_default(site, requirements, venv, log), what)
     # Guard the no-shadowing promise (an older cache or a changed venv could break it).
     shadowing = sorted(
         d.metadata["Name"] for d in importlib.metadata.distributions(path=[str(target)])

@@ -20,23 +20,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cluster_fixtures import group_pids
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 10
-
-
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
 
 
 def _read(path: Path):
@@ -74,7 +63,7 @@ def test_sigkill_then_resume(tmp_path, capsys):
             done = [t for t in ledger["trials"].values() if t["status"] == "TERMINATED"
                     and t["trial_id"] not in asha.get("stopped", {})]
             running = [t for t in ledger["trials"].values() if t["status"] == "RUNNING"]
-            if len(done) >= 2 and asha.get("stopped") and running:
+            if done and asha.get("stopped") and running:
                 stopped_before = dict(asha["stopped"])
                 break
             time.sleep(0.2)
@@ -89,7 +78,7 @@ def test_sigkill_then_resume(tmp_path, capsys):
 
         assert main(["status", str(exp), "--json"]) == 0
         live_status = json.loads(capsys.readouterr().out)
-        assert live_status["counts"].get("TERMINATED", 0) >= 2
+        assert live_status["counts"].get("TERMINATED", 0) >= 1
         assert live_status["counts"].get("STOPPED", 0) >= 1 and live_status["best"] is not None
         # ... and a second driver (`seltune resume`) is refused while this one lives.
         with pytest.raises(InputError, match="still running"):
@@ -99,7 +88,7 @@ def test_sigkill_then_resume(tmp_path, capsys):
     finally:
         # The local Ray the killed driver started (same process group): stop it by pid.
         time.sleep(1)
-        for pid in _group_pids(driver.pid):
+        for pid in group_pids(driver.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

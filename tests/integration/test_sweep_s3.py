@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_fixtures import REPO, _pip, _unreachable_index
+from cluster_fixtures import REPO, _pip, _PipFailed, cached_target_install, group_pids
 
 pytestmark = pytest.mark.integration
 
@@ -44,31 +44,15 @@ def _moto_pythonpath() -> list[str]:
         return []
     except ImportError:
         pass
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seltune"
-    target = cache / (f"moto-server-{MOTO.split('==')[1]}-py"
-                      f"{sys.version_info.major}{sys.version_info.minor}")
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache))
-        log: list[str] = []
-        try:
-            # A private --target used only by the server process: its packages never
-            # shadow this venv's.
-            proc = _pip(["install", "--target", str(work / "site"), MOTO], log, timeout=600)
-            if proc.returncode != 0:
-                unreachable = _unreachable_index()
-                if unreachable is not None:
-                    pytest.skip(f"the package index {unreachable} is unreachable: cannot "
-                                f"install {MOTO} for the S3 server")
-                raise RuntimeError("pip failed installing " + MOTO + ":\n" +
-                                   "\n".join(log)[-3000:])
-            try:
-                os.rename(work / "site", target)
-            except OSError:
-                if not target.is_dir():  # not merely beaten to it by another session
-                    raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    name = f"moto-server-{MOTO.split('==')[1]}-py{sys.version_info.major}{sys.version_info.minor}"
+
+    def install(site: Path, log: list[str]) -> None:
+        # A private --target used only by the server process: its packages never
+        # shadow this venv's.
+        if _pip(["install", "--target", str(site), MOTO], log, timeout=600).returncode != 0:
+            raise _PipFailed("installing")
+
+    target = cached_target_install(name, install, f"{MOTO} for the S3 server")
     return [str(target)]
 
 
@@ -233,18 +217,6 @@ def test_bad_storage_is_one_line(s3_endpoint, env, bundle, tmp_path, storage, ne
     assert not _ls(s3_endpoint, "runs/bad")
 
 
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
 def test_killed_driver_resumed_by_uri(s3_endpoint, env, bundle, tmp_path):
     storage = f"s3://{BUCKET}/runs?endpoint_override={s3_endpoint}&scheme=http"
     num = 6
@@ -274,7 +246,7 @@ def test_killed_driver_resumed_by_uri(s3_endpoint, env, bundle, tmp_path):
         driver.wait(timeout=30)
     finally:
         time.sleep(1)
-        for pid in _group_pids(driver.pid):  # the killed driver's local Ray, by pid
+        for pid in group_pids(driver.pid):  # the killed driver's local Ray, by pid
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -56,7 +56,9 @@ def test_submit_runs_a_sweep_as_a_ray_job(cluster_factory, ray_default_path,  # 
     cmd = [*SELTUNE, "submit", "--dir", state.dir, "--json", "--", "sweep",
            "--address", "auto", "--num-samples", "2", "--storage", str(storage),
            "--name", "viajob", "--set", "stageA_epochs=1", "--set", "cycles=1",
-           "--set", "b1_epochs=1", "--device", "cpu"]
+           "--set", "b1_epochs=1", "--device", "cpu",
+           # both trials run to the end, whichever node finishes first (no ASHA stop)
+           "--grace-period", "2", "--max-t", "2"]
     # The client gets the extra packages too, like a user with ray[default] installed.
     client_env = seltune_env(state, PYTHONPATH=os.pathsep.join([str(REPO), str(ray_default_path)]))
     # A shell that exported the cluster's RAY_ADDRESS (a GCS address) must not divert

@@ -85,12 +85,14 @@ def _shutdown_local() -> None:
     monitors = []
     if isinstance(processes, dict):
         monitors = processes.pop(ray_constants.PROCESS_TYPE_MONITOR, [])
-    ray.shutdown()
-    for info in monitors:
-        with contextlib.suppress(OSError):
-            info.process.kill()
-        with contextlib.suppress(Exception):
-            info.process.wait(timeout=5)
+    try:
+        ray.shutdown()
+    finally:  # the monitor is ours to stop now, even if Ray's shutdown failed
+        for info in monitors:
+            with contextlib.suppress(OSError):
+                info.process.kill()
+            with contextlib.suppress(Exception):
+                info.process.wait(timeout=5)
 
 
 def _trial_actors_use_prestarted_workers() -> None:

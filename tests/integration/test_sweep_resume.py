@@ -49,13 +49,15 @@ def test_sigkill_then_resume(tmp_path, capsys):
     sweep = [sys.executable, "-m", "tuning.cli", "sweep", "--data", str(tmp_path / "argse"),
              "--num-samples", str(NUM_SAMPLES), "--num-cpus", "2", "--storage", str(storage),
              "--name", "killed", "--seed", "3", "--set", "stageA_epochs=1", "--set", "cycles=3",
-             "--set", "b1_epochs=2", "--set", "batch_size=64"]
+             "--set", "b1_epochs=3", "--set", "batch_size=64"]
     # Own session: the driver and the Ray processes it starts share one process group.
     driver = subprocess.Popen(sweep, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 150
         stopped_before: dict = {}
+        ledger: dict = {"trials": {}}
+        asha: dict = {}
         while time.time() < deadline and driver.poll() is None:
             ledger = _read(exp / "seltune" / "trials.json") or {"trials": {}}
             asha = _read(exp / "seltune" / "asha_state.json") or {}
@@ -66,8 +68,10 @@ def test_sigkill_then_resume(tmp_path, capsys):
             if done and asha.get("stopped") and running:
                 stopped_before = dict(asha["stopped"])
                 break
-            time.sleep(0.2)
-        assert driver.poll() is None, "sweep ended before it could be killed: " + \
+            time.sleep(0.1)
+        seen = {t["trial_id"]: t["status"] for t in ledger["trials"].values()}
+        assert driver.poll() is None, f"sweep ended before it could be killed (last seen: " \
+            f"ledger {seen}, ASHA stopped {sorted(asha.get('stopped', {}))}): " + \
             driver.stderr.read().decode()[-2000:]
         assert stopped_before, "no trial was stopped by ASHA in time"
         # `seltune status` works while the sweep runs (in-process: the driver must still

@@ -9,6 +9,8 @@ outputs are python floats or numpy arrays. Bad input raises
 - :mod:`.groups`: per-group coverage and selective error, balanced and worst-group
   error, their curves over rejection rates and the areas over [0, 0.8].
 - :mod:`.calibration`: ECE, classwise-ECE, NLL, Brier, accuracy.
+- :mod:`.operating_point`: judge every rule at one coverage (the sweep's operating
+  point): shift its confidences so the split's coverage is that point.
 - :mod:`.names`: every metric name with its direction (``min``/``max``).
 """
 
@@ -20,6 +22,7 @@ from core.metrics.groups import (
     group_selective_report,
 )
 from core.metrics.names import METRIC_DIRECTIONS, metric_direction
+from core.metrics.operating_point import check_coverage, coverage_gap, shift_to_coverage
 from core.metrics.risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -38,8 +41,10 @@ __all__ = [
     "augrc",
     "aurc",
     "brier",
+    "check_coverage",
     "classwise_ece",
     "coverage_at_risk",
+    "coverage_gap",
     "ece",
     "group_error_curves",
     "group_selective_report",
@@ -47,4 +52,5 @@ __all__ = [
     "nll",
     "risk_at_coverage",
     "risk_coverage_curve",
+    "shift_to_coverage",
 ]

@@ -243,7 +243,9 @@ def area_under_group_curves(curves: dict[str, Any]) -> dict[str, float]:
             ``worst_group_error``).
 
     Returns:
-        ``{"area_balanced_error": float, "area_worst_group_error": float}``.
+        ``{"balanced_area": float, "worst_group_area": float}``: the mean balanced and
+        worst-group error over the rejection rates (areas normalised by the range's
+        width, 0.8 for [0, 0.8], as in Narasimhan et al., ICLR 2024, Table 2).
     """
     for key in ("rejection_rates", "balanced_error", "worst_group_error"):
         if key not in curves:
@@ -256,11 +258,12 @@ def area_under_group_curves(curves: dict[str, Any]) -> dict[str, float]:
                          expected="at least two strictly increasing rates")
     width = rates[-1] - rates[0]
     out: dict[str, float] = {}
-    for key in ("balanced_error", "worst_group_error"):
+    for key, name in (("balanced_error", "balanced_area"),
+                      ("worst_group_error", "worst_group_area")):
         values = np.asarray(curves[key], dtype=np.float64)
         if values.shape != rates.shape:
             raise InputError(f"shape {values.shape}", field=f"curves[{key!r}]",
                              expected=f"shape {rates.shape} like rejection_rates")
         area = np.sum(np.diff(rates) * (values[:-1] + values[1:])) / 2.0
-        out[f"area_{key}"] = float(area / width)
+        out[name] = float(area / width)
     return out

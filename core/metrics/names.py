@@ -32,8 +32,16 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "selective_error": MIN,
     "balanced_error": MIN,
     "worst_group_error": MIN,
+    # areas over rejection rates [0, 0.8], normalised by 0.8 (coverage-free)
+    "balanced_area": MIN,
+    "worst_group_area": MIN,
+    # the names experiments before the operating point used (still read by status/export)
     "area_balanced_error": MIN,
     "area_worst_group_error": MIN,
+    # distance of the realised coverage from the sweep's operating point
+    "coverage_gap": MIN,
+    # signed gap of a trial's objective to the strongest training-free baseline
+    "gap_to_best_baseline": MIN,
     # number of groups with no accepted sample (their error is set to 1.0)
     "empty_groups": MIN,
     # classification and calibration (core/metrics/calibration.py)

@@ -232,7 +232,7 @@ def test_area_known_answers():
         "worst_group_error": np.array([1.0, 1.0, 0.0]),  # (0.4·1 + 0.4·0.5) / 0.8 = 0.75
     }
     assert area_under_group_curves(curves) == pytest.approx(
-        {"area_balanced_error": 0.4, "area_worst_group_error": 0.75}, abs=1e-15)
+        {"balanced_area": 0.4, "worst_group_area": 0.75}, abs=1e-15)
 
 
 def test_area_of_constant_curve_is_the_constant_over_any_range():
@@ -240,8 +240,8 @@ def test_area_of_constant_curve_is_the_constant_over_any_range():
     curves = {"rejection_rates": rates, "balanced_error": np.full(9, 0.3),
               "worst_group_error": np.full(9, 0.7)}
     out = area_under_group_curves(curves)
-    assert out["area_balanced_error"] == pytest.approx(0.3)
-    assert out["area_worst_group_error"] == pytest.approx(0.7)
+    assert out["balanced_area"] == pytest.approx(0.3)
+    assert out["worst_group_area"] == pytest.approx(0.7)
 
 
 def test_area_of_real_curves_is_between_min_and_max():
@@ -251,9 +251,10 @@ def test_area_of_real_curves_is_between_min_and_max():
     preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 4, n))
     curves = group_error_curves(rng.normal(size=n), preds, labels, labels % 2, 2)
     area = area_under_group_curves(curves)
-    for key in ("balanced_error", "worst_group_error"):
-        assert curves[key].min() <= area[f"area_{key}"] <= curves[key].max()
-    assert area["area_balanced_error"] <= area["area_worst_group_error"]
+    for key, name in (("balanced_error", "balanced_area"),
+                      ("worst_group_error", "worst_group_area")):
+        assert curves[key].min() <= area[name] <= curves[key].max()
+    assert area["balanced_area"] <= area["worst_group_area"]
     for name in area:
         assert metric_direction(name) == "min"
 

@@ -19,6 +19,8 @@ EXPECTED = {
     "coverage": "max", "risk_at_coverage": "min", "coverage_at_risk": "max",
     "accuracy": "max", "ece": "min", "classwise_ece": "min", "nll": "min", "brier": "min",
     "loss": "min", "area_balanced_error": "min", "area_worst_group_error": "min",
+    "balanced_area": "min", "worst_group_area": "min", "coverage_gap": "min",
+    "gap_to_best_baseline": "min",
     "selective_error": "min",
 }
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "tuning.cli.evaluate_cmd",
     "tuning.cli.sweep_cmd",
     "tuning.cli.cluster_cmd",
+    "tuning.cli.dashboard_cmd",
 )
 
 

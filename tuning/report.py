@@ -1,13 +1,34 @@
-"""The export report: PNG plots (matplotlib, Agg) and one self-contained HTML page.
+"""The export report a researcher chooses from: ``report.html`` plus PNGs in ``report/``.
 
-Contents: the top trials, the chosen model's val/test metrics beside the baselines,
-the optimisation history (every Optuna trial's value, pruned trials at their last
-intermediate value, and the running best), parameter importances
-(``optuna.importance.get_param_importances``, fANOVA, on the study's complete trials),
-risk-coverage curves on ``test`` of the chosen model and the baselines (selective risk
-against coverage, from the core metrics), and for multi-objective sweeps the Pareto
-front. A plot that cannot be drawn (e.g. importances with fewer than two complete
-trials) is replaced by a one-line note, never a failed export.
+Every trial of a sweep is judged at one operating point, the coverage ``C`` of the
+sweep (``spec.coverage``; experiments made before it existed use the exported trial's
+realised val coverage). The page shows, in this order:
+
+1. a paper-style table on ``test`` (Narasimhan et al., ICLR 2024, Table 2): area under
+   the balanced / worst-group error curves over rejection rates [0, 0.8] (normalised
+   by 0.8, i.e. the mean error) and the balanced / worst-group error at ``C``, for
+   Chow (best expert on val, and the mixture), Plug-in[Balanced], Plug-in[Worst] and
+   the tuned model (Stage-1: the model's exit score against its baselines), and one
+   line per baseline saying whether the tuned model beats it (``result["verdict"]``
+   when export gives one);
+2. balanced and worst-group error against the rejection rate on ``test`` for the
+   model and every baseline, the operating point (rejection ``1 - C``) marked;
+3. overall risk-coverage curves (selective risk against coverage);
+4. a scatter of all trials: the objective (best value per trial) against the trial's
+   realised coverage, ASHA-stopped trials grey, the baselines as horizontal lines;
+5. the optimisation history of the Optuna study;
+6. parameter importances, labelled with the evaluator used (fANOVA, passed
+   explicitly), only when at least :data:`MIN_COMPLETE_FOR_IMPORTANCES` trials are
+   complete (pruned trials do not count: Optuna's evaluators ignore them);
+7. the top trials, the full val/test metrics beside the baselines, and for
+   multi-objective sweeps the Pareto front.
+
+A section that cannot be drawn is logged with its traceback on the
+``seltune.report`` logger and replaced by a one-line note: the report never fails an
+export, and never hides why a section is missing. Numbers are printed with four
+significant digits, small ones in scientific notation (never ``0.0000``), and every
+table sits in a horizontally scrolling container so the page never grows wider than
+the window.
 """
 
 from __future__ import annotations
@@ -15,15 +36,157 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPORT_DIR = "report"
+#: Parameter importances are drawn from this many complete trials on: fANOVA's forest
+#: on fewer points ranks noise.
+MIN_COMPLETE_FOR_IMPORTANCES = 5
+MODEL = "tuned model"
+
+log = logging.getLogger("seltune.report")
+
+#: Display names of the AR-GSE baselines in the paper table.
+PAPER_LABELS = {"chow:mixture": "Chow [mixture]", "plugin_balanced": "Plug-in [Balanced]",
+                "plugin_worst": "Plug-in [Worst]", "msp": "MSP", "softmax_confidence": "MSP",
+                "doctor": "DOCTOR", "maxlogit": "MaxLogit"}
+#: Paper-table columns: header and the metric names carrying it (new name first).
+PAPER_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("area bal", ("balanced_area", "area_balanced_error")),
+    ("area worst", ("worst_group_area", "area_worst_group_error")),
+    ("error bal", ("balanced_error",)),
+    ("error worst", ("worst_group_error",)),
+    ("coverage", ("coverage",)),
+)
+#: Columns of the full model-vs-baselines tables, when present.
+HEADLINE = ("worst_group_error", "balanced_error", "coverage", "coverage_gap",
+            "worst_group_area", "balanced_area", "area_worst_group_error",
+            "area_balanced_error", "augrc", "aurc", "risk_at_coverage", "selective_error",
+            "accuracy", "ece")
 
 
-def _fig():
+# --------------------------------------------------------------------------- formatting
+def fmt(value: Any) -> str:
+    """A number as the report prints it: 4 significant digits, scientific notation for
+    magnitudes below 1e-3 or from 1e5 on, exact zero as ``0``; ints and strings as
+    they are; None and NaN as ``-``.
+
+    Never ``0.0000``: a small non-zero error must stay visible as non-zero.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v == 0.0:
+            return "0"
+        if abs(v) < 1e-3 or abs(v) >= 1e5:
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    return str(value)
+
+
+def fmt_signed(value: Any) -> str:
+    """:func:`fmt` with an explicit ``+`` for positive numbers (gaps)."""
+    text = fmt(value)
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value) > 0:
+        return "+" + text
+    return text
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def metric_value(metrics: dict[str, Any] | None, names: Sequence[str]) -> float | None:
+    """The first of ``names`` present (finite) in ``metrics``: new metric names first,
+    the names of older experiments after them."""
+    for name in names:
+        v = _num((metrics or {}).get(name))
+        if v is not None:
+            return v
+    return None
+
+
+# --------------------------------------------------------------------------- HTML pieces
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;
+ margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+.table-wrap{max-width:100%;overflow-x:auto;margin:.4em 0 1em}
+table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap;
+ font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}
+td.text,th.text{text-align:left;white-space:normal;overflow-wrap:break-word;max-width:24em}
+tr.model td{font-weight:bold;background:#eef5ff}
+img{display:block;max-width:100%;height:auto}
+.note{color:#777;font-style:italic}
+ul.verdict{padding-left:1.2em}ul.verdict li{overflow-wrap:anywhere}
+"""
+
+
+def _note(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
+
+
+def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+               text_columns: Sequence[int] = (0,), row_classes: Sequence[str] = ()) -> str:
+    """A table inside a ``.table-wrap`` container (scrolls horizontally instead of
+    widening the page); numbers through :func:`fmt`; ``text_columns`` may wrap."""
+    text = set(text_columns)
+
+    def cls(i: int) -> str:
+        return " class='text'" if i in text else ""
+
+    head = "".join(f"<th{cls(i)}>{html.escape(c)}</th>" for i, c in enumerate(columns))
+    body = []
+    for r, row in enumerate(rows):
+        rc = row_classes[r] if r < len(row_classes) and row_classes[r] else ""
+        cells = "".join(f"<td{cls(i)}>{html.escape(fmt(v))}</td>" for i, v in enumerate(row))
+        body.append(f"<tr class='{rc}'>{cells}</tr>" if rc else f"<tr>{cells}</tr>")
+    return (f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _img(data: bytes, alt: str) -> str:
+    return (f"<img alt='{html.escape(alt)}' "
+            f"src='data:image/png;base64,{base64.b64encode(data).decode()}'/>")
+
+
+def guarded(title: str, build: Callable[[], str]) -> str:
+    """``build()``, or, if it raises, the traceback on the ``seltune.report`` logger and
+    a one-line note in its place (a report section never fails an export)."""
+    try:
+        return build()
+    except Exception as exc:
+        log.exception("report: section %r could not be drawn", title)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return _note(f"{title} could not be drawn: {type(exc).__name__}: {first} "
+                     "(traceback in the seltune.report log)")
+
+
+# --------------------------------------------------------------------------- matplotlib
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,8 +200,302 @@ def _save(fig, path: Path) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     data = buf.getvalue()
     path.write_bytes(data)
-    _fig().close(fig)
+    _plt().close(fig)
     return data
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Line styles: the tuned model thick and black, each baseline its own colour."""
+    plt = _plt()
+    colours = plt.get_cmap("tab10").colors
+    out: dict[str, dict[str, Any]] = {}
+    i = 0
+    for name in names:
+        if name == MODEL:
+            out[name] = {"color": "black", "lw": 2.4, "zorder": 5}
+        else:
+            out[name] = {"color": colours[i % len(colours)], "lw": 1.3,
+                         "ls": "-" if i < len(colours) else "--"}
+            i += 1
+    return out
+
+
+# --------------------------------------------------------------------------- rule scores
+@dataclass
+class RuleScores:
+    """Per-sample confidences and predictions of the model and the baselines on one
+    split: ``rules[name] = (confidence [N] float64, prediction [N] int64)``."""
+
+    split: str
+    labels: np.ndarray
+    label_groups: np.ndarray
+    num_groups: int
+    rules: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _fallback_baseline_rules(bundle, split: str, coverage: float, fitted
+                             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """FALLBACK, used only while ``core.argse.baselines.baseline_rules`` does not exist:
+    the rules ``baseline_metrics`` evaluates (Chow per expert and on the mixture,
+    Plug-in[Balanced], Plug-in[Worst] fit on tunev at ``coverage``), as
+    ``{NAME: (confidence [N], prediction [N])}`` with each confidence shifted so that
+    ``coverage`` of the split is accepted. Remove once core provides the function."""
+    import torch
+
+    from core.argse.baselines import coverage_confidence, fit_plugin
+    from core.argse.data import split_tensors
+    from core.argse.margins import margin_and_prediction
+    from core.argse.temperature import apply_temperatures
+
+    logits, _ = split_tensors(bundle, split)
+    probs = torch.softmax(apply_temperatures(logits, fitted.temperatures), dim=-1)
+    c2g, k = fitted.class_to_group, fitted.num_groups
+    cov = float(min(max(coverage, 1e-6), 1.0))
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def put(name: str, score: torch.Tensor, pred: torch.Tensor) -> None:
+        out[name] = (coverage_confidence(score, cov).double().numpy(),
+                     pred.long().numpy())
+
+    for e, name in enumerate(fitted.expert_names):
+        put(f"chow:{name}", *probs[:, e, :].max(dim=1))
+    eta = probs.mean(dim=1)
+    put("chow:mixture", *eta.max(dim=1))
+    for objective in ("balanced", "worst"):
+        key = (objective, round(cov, 4))
+        if key not in fitted.plugin:
+            fitted.plugin[key] = fit_plugin(fitted.fit_eta, fitted.fit_labels, c2g, k, cov,
+                                            objective)
+        alpha, mu = fitted.plugin[key]
+        m, pred = margin_and_prediction(eta.double(), alpha.double(), mu.double(), c2g,
+                                        "plugin")
+        put(f"plugin_{objective}", m, pred)
+    return out
+
+
+def argse_scores(bundle, checkpoint: Path, coverage: float, split: str,
+                 device: str) -> RuleScores:
+    """The AR-GSE model (``load_predictor(...).decide``) and every baseline on ``split``."""
+    import core.argse.baselines as baselines
+    from core.argse import load_predictor
+    from core.argse.data import class_to_group_tensor, split_tensors
+    from tuning.export import fitted_baselines
+
+    logits, labels = split_tensors(bundle, split)
+    c2g = class_to_group_tensor(bundle)
+    pred, _, _, conf = load_predictor(checkpoint, device).decide(logits)
+    lab = labels.numpy()
+    out = RuleScores(split, lab, c2g.numpy()[lab], int(bundle.num_groups))
+    out.rules[MODEL] = (conf.double().cpu().numpy(), pred.long().cpu().numpy())
+    fitted = fitted_baselines(bundle)
+    if hasattr(baselines, "baseline_rules"):
+        rules = baselines.baseline_rules(bundle, split, coverage, fitted)
+    else:
+        log.info("core.argse.baselines.baseline_rules missing: using the report's fallback")
+        rules = _fallback_baseline_rules(bundle, split, coverage, fitted)
+    for name, (c, p) in rules.items():
+        out.rules[name] = (np.asarray(c, dtype=np.float64), np.asarray(p, dtype=np.int64))
+    return out
+
+
+def _stage1_confidence(name: str, probs: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
+    """Exit score of a Stage-1 baseline from the calibrated probabilities / raw logits,
+    larger = more confident; None for a baseline the report does not know."""
+    if name in ("msp", "softmax_confidence"):
+        return probs.max(axis=1)
+    if name == "maxlogit":
+        return logits.max(axis=1)
+    if name == "doctor":  # DOCTOR rejects on 1 - sum p^2: the confidence is sum p^2
+        return (probs ** 2).sum(axis=1)
+    return None
+
+
+def stage1_scores(bundle, checkpoint: Path, split: str, device: str,
+                  baseline_names: Sequence[str]) -> RuleScores:
+    """Stage-1: the calibrated gate score (model) and each named baseline's exit score,
+    all with the model's class prediction."""
+    from core.stage1 import load_artifacts, prepare_data
+    from core.stage1.evaluation import model_outputs, predict
+
+    art = load_artifacts(checkpoint, device)
+    data = prepare_data(bundle, art.config.calib_fraction, art.config.seed)
+    s = data.split(split)
+    outputs = model_outputs(art.model, s.features)
+    pred, probs, _, score = predict(outputs, art.calibration)
+    labels = np.asarray(s.labels, dtype=np.int64)
+    if s.group is not None:
+        groups = np.asarray(s.group, dtype=np.int64)
+        k = int(art.num_groups or int(groups.max()) + 1)
+    else:  # no sample groups: every class is a group
+        groups, k = labels, int(probs.shape[1])
+    out = RuleScores(split, labels, groups, k)
+    pred = np.asarray(pred, dtype=np.int64)
+    out.rules[MODEL] = (np.asarray(score, dtype=np.float64), pred)
+    for name in baseline_names:
+        conf = _stage1_confidence(name, np.asarray(probs), np.asarray(outputs.logits))
+        if conf is None:
+            out.notes.append(f"baseline {name!r}: no exit score known to the report, not drawn")
+            continue
+        out.rules[name] = (np.asarray(conf, dtype=np.float64), pred)
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+def _rejection_rates(coverage: float) -> np.ndarray:
+    """[0, 0.8] in steps of 0.01 (the range of the areas), widened to include 1 - C."""
+    from core.metrics import DEFAULT_REJECTION_RATES
+
+    top = 1.0 - coverage
+    if top <= float(DEFAULT_REJECTION_RATES[-1]):
+        return DEFAULT_REJECTION_RATES.copy()
+    return np.linspace(0.0, min(1.0, top + 0.05), 101)
+
+
+def plot_group_curves(scores: RuleScores, coverage: float, path: Path) -> bytes:
+    """Balanced (left) and worst-group (right) selective error against the rejection
+    rate, every rule, the operating point ``1 - C`` as a dashed line with each rule's
+    value on it."""
+    from core.metrics import group_error_curves
+
+    plt = _plt()
+    rates = _rejection_rates(coverage)
+    op = 1.0 - coverage
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    styles = _styles(list(scores.rules))
+    for name, (conf, pred) in scores.rules.items():
+        curves = group_error_curves(conf, pred, scores.labels, scores.label_groups,
+                                    scores.num_groups, rates)
+        at = group_error_curves(conf, pred, scores.labels, scores.label_groups,
+                                scores.num_groups, np.array([op]))
+        for ax, key in zip(axes, ("balanced_error", "worst_group_error")):
+            ax.plot(rates, curves[key], label=name, **styles[name])
+            ax.plot([op], [at[key][0]], "o", ms=4, color=styles[name]["color"])
+    for ax, title in zip(axes, ("balanced error", "worst-group error")):
+        ax.axvline(op, ls="--", color="grey", lw=1)
+        ax.text(op, 1.0, f" operating point\n rejection {fmt(op)} (C={fmt(coverage)})",
+                transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="grey")
+        ax.set_xlabel("rejection rate")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} vs rejection rate ({scores.split})")
+        ax.set_xlim(rates[0], rates[-1])
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _save(fig, path)
+
+
+def plot_risk_coverage(scores: RuleScores, coverage: float, path: Path) -> bytes:
+    """Selective risk (overall error among accepted) against coverage, every rule."""
+    from core.metrics import augrc, risk_coverage_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    styles = _styles(list(scores.rules))
+    for name, (conf, pred) in scores.rules.items():
+        res = (pred != scores.labels).astype(np.float64)
+        c = risk_coverage_curve(conf, res)
+        ax.plot(c.coverage, c.selective_risk, label=f"{name} (AUGRC {fmt(augrc(conf, res))})",
+                **styles[name])
+    ax.axvline(coverage, ls="--", color="grey", lw=1)
+    ax.text(coverage, 1.0, f" C={fmt(coverage)}", transform=ax.get_xaxis_transform(),
+            va="top", fontsize=7, color="grey")
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("selective risk")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"risk-coverage ({scores.split})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _save(fig, path)
+
+
+@dataclass
+class TrialPoint:
+    trial_id: str
+    status: str
+    objective: float
+    coverage: float | None
+    iteration: int
+
+
+def trial_points(status: dict[str, Any], ledger: dict[str, Any], metric: str,
+                 mode: str) -> list[TrialPoint]:
+    """Each trial's best value of ``metric`` over its reported iterations (as export
+    selects), with the realised coverage reported at that same iteration."""
+    from tuning.status import best_iteration
+
+    points = []
+    for t in status["trials"]:
+        entry = ledger.get("trials", {}).get(t["trial_id"], {})
+        found = best_iteration(entry.get("history", {}), metric, mode)
+        if found is None:
+            continue
+        it, m = found
+        points.append(TrialPoint(t["trial_id"], t["status"], float(m[metric]),
+                                 _num(m.get("coverage")), it))
+    return points
+
+
+def baseline_values(status: dict[str, Any], result: dict[str, Any],
+                    metric: str) -> tuple[dict[str, float], str | None, str]:
+    """``({baseline: value of metric on val}, name of the strongest, source)``: the
+    sweep's baselines from ``status["baselines"]`` when present, else the export's
+    val baselines."""
+    sb = status.get("baselines") or {}
+    values: dict[str, float] = {}
+    best = None
+    source = ""
+    for name, m in (sb.get("values") or {}).items():
+        v = metric_value(m, (metric,))
+        if v is not None:
+            values[name] = v
+    if values:
+        source = f"sweep baselines ({sb.get('split', 'val')}, C={fmt(sb.get('coverage'))})"
+        best = (sb.get("best") or {}).get("name") if sb.get("metric") == metric else None
+    else:
+        for name, m in (result.get("baselines", {}).get("val") or {}).items():
+            v = metric_value(m, (metric,))
+            if v is not None:
+                values[name] = v
+        source = "export's val baselines"
+    if values and best not in values:
+        best = None
+    return values, best, source
+
+
+def plot_trials(points: list[TrialPoint], baselines: dict[str, float], best: str | None,
+                metric: str, coverage: float, chosen: str | None, path: Path) -> bytes:
+    """Objective against realised coverage, one point per trial; stopped trials grey,
+    baselines as horizontal lines, the operating point as a vertical line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    kinds = (("TERMINATED", "finished", {"color": "tab:blue", "marker": "o"}),
+             ("STOPPED", "stopped by ASHA", {"color": "#b0b0b0", "marker": "o"}),
+             ("ERROR", "error", {"color": "tab:red", "marker": "x"}))
+    known = {k for k, *_ in kinds}
+    groups = [(label, style, [p for p in points if p.status == k and p.coverage is not None])
+              for k, label, style in kinds]
+    groups.append(("other (running, pending)", {"color": "tab:orange", "marker": "^"},
+                   [p for p in points if p.status not in known and p.coverage is not None]))
+    for label, style, pts in groups:
+        if pts:
+            ax.scatter([p.coverage for p in pts], [p.objective for p in pts], s=22,
+                       label=f"{label} ({len(pts)})", zorder=3, **style)
+    chosen_pts = [p for p in points if p.trial_id == chosen and p.coverage is not None]
+    if chosen_pts:
+        ax.scatter([chosen_pts[0].coverage], [chosen_pts[0].objective], s=160, marker="*",
+                   color="gold", edgecolor="black", zorder=4, label=f"exported ({chosen})")
+    colours = plt.get_cmap("tab10").colors
+    for i, (name, v) in enumerate(sorted(baselines.items())):
+        ax.axhline(v, color=colours[(i + 3) % len(colours)], lw=1.6 if name == best else 1.0,
+                   ls="-" if name == best else "--",
+                   label=f"{name}{' (best)' if name == best else ''}: {fmt(v)}")
+    ax.axvline(coverage, ls=":", color="grey", lw=1)
+    ax.set_xlabel("realised coverage (val, at the trial's best iteration)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"all trials: {metric} vs coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _save(fig, path)
 
 
 def load_study(spec):
@@ -48,15 +505,16 @@ def load_study(spec):
     return optuna.load_study(study_name=spec.study_name, storage=spec.study_storage)
 
 
-# --------------------------------------------------------------------------- plots
-def plot_history(study, path: Path, title: str) -> bytes:
-    """Trial number vs objective (first objective for multi-objective), running best."""
+def plot_history(study, path: Path, title: str, baseline: tuple[str, float] | None = None
+                 ) -> bytes:
+    """Trial number vs objective (first objective for multi-objective), the running
+    best, pruned trials at their last intermediate value, the strongest baseline."""
     from optuna.trial import TrialState
 
-    plt = _fig()
+    plt = _plt()
     multi = len(study.directions) > 1
     minimize = study.directions[0].name == "MINIMIZE"
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     xs_c, ys_c, xs_p, ys_p = [], [], [], []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
@@ -65,53 +523,64 @@ def plot_history(study, path: Path, title: str) -> bytes:
         elif t.state == TrialState.PRUNED and t.intermediate_values:
             xs_p.append(t.number)
             ys_p.append(t.intermediate_values[max(t.intermediate_values)])
-    ax.scatter(xs_c, ys_c, s=18, label="complete", color="tab:blue")
+    ax.scatter(xs_c, ys_c, s=18, label="complete", color="tab:blue", zorder=3)
     if xs_p:
-        ax.scatter(xs_p, ys_p, s=14, marker="x", label="pruned (last rung)", color="tab:gray")
+        ax.scatter(xs_p, ys_p, s=16, marker="x", label="pruned (last rung)", color="#999999")
     if ys_c:
         best, run = [], None
         for y in ys_c:
             run = y if run is None else (min(run, y) if minimize else max(run, y))
             best.append(run)
         ax.step(xs_c, best, where="post", color="tab:red", label="best so far")
+    if baseline is not None:
+        ax.axhline(baseline[1], ls="--", color="tab:green", lw=1,
+                   label=f"{baseline[0]}: {fmt(baseline[1])}")
     ax.set_xlabel("Optuna trial number")
     ax.set_ylabel(title)
     ax.set_title("optimisation history")
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, path)
 
 
-def plot_importances(importances: dict[str, float], path: Path) -> bytes:
-    plt = _fig()
+def importances_section(study, spec, path: Path) -> str:
+    """Importances by an explicitly chosen evaluator (fANOVA, seeded), named in the plot
+    and the text, or one line saying why there are none."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    if complete < MIN_COMPLETE_FOR_IMPORTANCES:
+        return _note(f"parameter importances are shown from {MIN_COMPLETE_FOR_IMPORTANCES} "
+                     f"complete trials on; this study has {complete} complete and {pruned} "
+                     "pruned (pruned trials are not used by the evaluators)")
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    name = type(evaluator).__name__
+    # multi-objective: rank parameters by the first objective (None: the value)
+    target: Callable[[optuna.trial.FrozenTrial], float] | None = (
+        (lambda t: t.values[0]) if spec.multi_objective else None)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                          target=target)
+    if not importances:
+        return _note(f"{name}: no searched parameter to rank")
+    plt = _plt()
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(names) + 1.3))
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel(f"importance ({name}, {complete} complete trials)")
     ax.set_title("parameter importances")
-    return _save(fig, path)
-
-
-def plot_risk_coverage(curves: dict[str, tuple[Any, Any]], path: Path, split: str) -> bytes:
-    """``curves``: name -> (confidences [N], residuals [N]); selective risk vs coverage."""
-    from core.metrics.risk_coverage import augrc, risk_coverage_curve
-
-    plt = _fig()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (name, (conf, res)) in enumerate(curves.items()):
-        c = risk_coverage_curve(conf, res)
-        ax.plot(c.coverage, c.selective_risk, lw=2.2 if i == 0 else 1.2,
-                label=f"{name} (AUGRC {augrc(conf, res):.4f})")
-    ax.set_xlabel("coverage")
-    ax.set_ylabel("selective risk")
-    ax.set_xlim(0, 1)
-    ax.set_title(f"risk-coverage on {split}")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    data = _save(fig, path)
+    objective = spec.metrics[0] + (" (first objective)" if spec.multi_objective else "")
+    return (f"<p>evaluator: <code>optuna.importance.{name}(seed=0)</code> on {complete} "
+            f"complete trials ({pruned} pruned not used), target {html.escape(objective)}.</p>"
+            + _img(data, "parameter importances"))
 
 
 def plot_pareto(points: list[tuple[str, float, float, bool]], names: list[str],
                 path: Path) -> bytes:
-    plt = _fig()
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     dom = [(x, y) for _, x, y, front in points if not front]
     fr = sorted((x, y) for _, x, y, front in points if front)
@@ -126,164 +595,235 @@ def plot_pareto(points: list[tuple[str, float, float, bool]], names: list[str],
     return _save(fig, path)
 
 
-# --------------------------------------------------------------------------- curves
-def argse_curves(bundle, checkpoint: Path, coverage: float, split: str,
-                 device: str) -> dict[str, tuple[Any, Any]]:
-    """Confidences and residuals on ``split`` of the model and the baselines (AR-GSE)."""
-    import torch
+# --------------------------------------------------------------------------- paper table
+def paper_rows(result: dict[str, Any], split: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``[(label, baseline key or MODEL, metrics)]`` of the paper table on ``split``:
+    Chow on the best single expert (chosen on val by worst-group error, so test is not
+    used to choose), Chow on the mixture, Plug-in[Balanced], Plug-in[Worst] (Stage-1:
+    its baselines), then the tuned model."""
+    base = result.get("baselines", {}).get(split) or {}
+    val = result.get("baselines", {}).get("val") or {}
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    experts = [n for n in base if n.startswith("chow:") and n != "chow:mixture"]
+    if experts:
+        def score(n: str) -> float:
+            v = metric_value(val.get(n) or base.get(n), ("worst_group_error",))
+            return math.inf if v is None else v
 
-    from core.argse import apply_temperatures, load_predictor
-    from core.argse.baselines import baseline_metrics
-    from core.argse.data import split_tensors
-    from core.argse.margins import margin_and_prediction
-
-    logits, labels = split_tensors(bundle, split)
-    pred, _, _, conf = load_predictor(checkpoint, device).decide(logits)
-    curves = {"tuned model": (conf.double().numpy(), (pred != labels).double().numpy())}
-    from tuning.export import fitted_baselines
-
-    fitted = fitted_baselines(bundle)
-    baseline_metrics(bundle, split, coverage, fitted)  # fits the plug-in rules at coverage
-    eta = torch.softmax(apply_temperatures(logits, fitted.temperatures), dim=-1).mean(dim=1)
-    score, p = eta.max(dim=1)
-    curves["chow:mixture"] = (score.double().numpy(), (p != labels).double().numpy())
-    for objective in ("balanced", "worst"):
-        key = (objective, round(float(min(max(coverage, 1e-6), 1.0)), 4))
-        if key not in fitted.plugin:
+        best = min(experts, key=score)
+        rows.append((f"Chow [{best[5:]}] (best expert on val)", best, base[best]))
+    for name, metrics in base.items():
+        if name in experts:
             continue
-        alpha, mu = fitted.plugin[key]
-        m, p = margin_and_prediction(eta.double(), alpha.double(), mu.double(),
-                                     fitted.class_to_group, "plugin")
-        curves[f"plugin_{objective}"] = (m.double().numpy(), (p != labels).double().numpy())
-    return curves
+        rows.append((PAPER_LABELS.get(name, name), name, metrics))
+    if split in result:
+        rows.append((f"{MODEL} (trial {result.get('trial_id', '?')})", MODEL, result[split]))
+    return rows
 
 
-def stage1_curves(bundle, checkpoint: Path, split: str, device: str) -> dict[str, tuple[Any, Any]]:
-    """Gate score (model) and max calibrated probability (baseline) on ``split``."""
-    from core.stage1 import load_artifacts, model_outputs, prepare_data
-    from core.stage1.evaluation import predict
-
-    art = load_artifacts(checkpoint, device)
-    data = prepare_data(bundle, art.config.calib_fraction, art.config.seed)
-    s = data.split(split)
-    outputs = model_outputs(art.model, s.features)
-    pred, probs, _, score = predict(outputs, art.calibration)
-    res = (pred != s.labels).astype(float)
-    return {"tuned model (gate)": (score, res), "softmax_confidence": (probs.max(axis=1), res)}
-
-
-# --------------------------------------------------------------------------- HTML
-def _table(columns: list[str], rows: list[list[Any]]) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "-" if not math.isfinite(v) else f"{v:.4f}"
-        return html.escape("-" if v is None else str(v))
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def verdict_lines(result: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]],
+                  metric: str, mode: str, split: str) -> tuple[list[str], str]:
+    """The export's verdict lines if it wrote any, else one line per baseline computed
+    here: whether the tuned model beats it on ``metric`` on ``split`` (gap = model
+    minus baseline, signed)."""
+    if result.get("verdict"):
+        return [str(v) for v in result["verdict"]], "from export"
+    model = metric_value(result.get(split), (metric,))
+    if model is None:
+        return [f"the tuned model has no {metric} on {split}: no verdict"], "computed here"
+    lines = []
+    for label, key, metrics in rows:
+        if key == MODEL:
+            continue
+        b = metric_value(metrics, (metric,))
+        if b is None:
+            continue
+        beats = model < b if mode == "min" else model > b
+        lines.append(f"{split} {metric}: tuned model {fmt(model)} vs {label} {fmt(b)} "
+                     f"(gap {fmt_signed(model - b)}): "
+                     f"{'beats it' if beats else 'does not beat it'}")
+    return lines, "computed by the report (export gave no verdict)"
 
 
-def _img(data: bytes | None, note: str | None = None) -> str:
-    if data is None:
-        return f"<p class='note'>{html.escape(note or 'not available')}</p>"
-    return f"<img src='data:image/png;base64,{base64.b64encode(data).decode()}'/>"
+def paper_section(result: dict[str, Any], metric: str, mode: str) -> str:
+    split = "test" if "test" in result else "val"
+    rows = paper_rows(result, split)
+    table = table_html(
+        ["rule", *[c for c, _ in PAPER_COLUMNS]],
+        [[label, *[metric_value(m, names) for _, names in PAPER_COLUMNS]]
+         for label, _, m in rows],
+        row_classes=["model" if key == MODEL else "" for _, key, _ in rows])
+    lines, source = verdict_lines(result, rows, metric, mode, split)
+    verdict = ("<ul class='verdict'>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines)
+               + f"</ul><p class='note'>verdict {html.escape(source)}</p>")
+    return (f"<p>On <b>{split}</b>. area = mean error over rejection rates [0, 0.8] "
+            "(area / 0.8); error = at the operating point.</p>" + table + verdict)
 
 
-HEADLINE = ("augrc", "aurc", "worst_group_error", "balanced_error", "coverage",
-            "risk_at_coverage", "accuracy", "ece")
+# --------------------------------------------------------------------------- the page
+def _operating_point(spec, result: dict[str, Any]) -> tuple[float, str]:
+    c = _num(getattr(spec, "coverage", None))
+    if c is not None:
+        return c, "the sweep's operating point (--coverage)"
+    c = _num(result.get("val", {}).get("coverage"))
+    if c is None:
+        raise ValueError("no operating point: spec.coverage is unset and the result has "
+                         "no val coverage")
+    return c, "old experiment without an operating point: the exported trial's val coverage"
+
+
+def _top_trials(status, ledger, metric, mode, spec) -> str:
+    points = {p.trial_id: p for p in trial_points(status, ledger, metric, mode)}
+    by_id = {t["trial_id"]: t for t in status["trials"]}
+    order = sorted(points.values(), key=lambda p: p.objective if mode == "min" else -p.objective)
+    rows_t = [by_id[p.trial_id] for p in order[:15]]
+    params = sorted(k for k in {k for t in rows_t for k in t["config"]} - set(spec.fixed)
+                    if len({repr(t["config"].get(k)) for t in rows_t}) > 1)
+    rows = []
+    for p in order[:15]:
+        t = by_id[p.trial_id]
+        hist = ledger["trials"][p.trial_id].get("history", {}).get(str(p.iteration), {})
+        rows.append([p.trial_id, t["status"], t["iterations"], p.objective, p.iteration,
+                     p.coverage, hist.get("gap_to_best_baseline"),
+                     *[t["config"].get(k) for k in params]])
+    if not rows:
+        return _note(f"no trial reported {metric} yet")
+    return table_html(["trial", "status", "iters", f"best {metric}", "at iter", "coverage",
+                       "gap to best baseline", *params], rows, text_columns=(0, 1))
+
+
+def _full_tables(result: dict[str, Any]) -> str:
+    parts = []
+    for split in ("val", "test"):
+        if split not in result:
+            continue
+        src = {MODEL: result[split], **(result.get("baselines", {}).get(split) or {})}
+        cols = [m for m in HEADLINE if any(m in r for r in src.values())]
+        parts.append(f"<h3>{split}</h3>" + table_html(
+            ["", *cols], [[n, *[r.get(m) for m in cols]] for n, r in src.items()],
+            row_classes=["model" if n == MODEL else "" for n in src]))
+    return "".join(parts) or _note("the result has no val/test metrics")
 
 
 def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, Any],
                  result: dict[str, Any], bundle, checkpoint: Path, device: str,
                  pareto: list[dict[str, Any]] | None, metric: str, mode: str) -> Path:
-    """Write ``out/report/*.png`` and ``out/report.html``; returns the HTML path."""
+    """Write ``out/report/*.png`` and ``out/report.html`` (module docstring); returns
+    the HTML path. Sections that cannot be drawn become notes (see :func:`guarded`)."""
+    out = Path(out)
     rdir = out / REPORT_DIR
     rdir.mkdir(parents=True, exist_ok=True)
-    sections: list[str] = []
+    sections: list[tuple[str, str]] = []
 
-    # Top trials (by their best value of the selection metric).
-    from tuning.status import best_iteration
-
-    scored = []
-    for t in status["trials"]:
-        found = best_iteration(ledger["trials"][t["trial_id"]].get("history", {}), metric, mode)
-        if found is not None:
-            scored.append((found[1][metric], found[0], t))
-    scored.sort(key=lambda x: x[0] if mode == "min" else -x[0])
-    params = sorted({k for *_, t in scored for k in t["config"]} - set(spec.fixed))
-    rows = [[t["trial_id"], t["status"], t["iterations"], v, it,
-             t["metrics"].get("augrc"), *[t["config"].get(p) for p in params]]
-            for v, it, t in scored[:15]]
-    sections.append("<h2>Top trials</h2>" + _table(
-        ["trial", "status", "iters", f"best {metric}", "at iter", "augrc (last)", *params], rows))
-
-    # Model vs baselines.
-    for split in ("val", "test"):
-        if split not in result:
-            continue
-        src = {"tuned model": result[split], **result.get("baselines", {}).get(split, {})}
-        cols = [m for m in HEADLINE if any(m in r for r in src.values())]
-        sections.append(f"<h2>{split}: exported model vs baselines</h2>" + _table(
-            ["", *cols], [[n, *[r.get(m) for m in cols]] for n, r in src.items()]))
-
-    # Optimisation history and importances from the study.
-    hist = imp = None
-    hist_note = imp_note = None
     try:
-        study = load_study(spec)
-        hist = plot_history(study, rdir / "history.png", ",".join(spec.metrics))
-        try:
-            import optuna
+        coverage, coverage_source = _operating_point(spec, result)
+    except ValueError:
+        log.exception("report: no operating point")
+        coverage, coverage_source = math.nan, "unknown"
+    have_c = math.isfinite(coverage)
 
-            # multi-objective: rank parameters by the first objective (None: the value)
-            target: Callable[[optuna.trial.FrozenTrial], float] | None = (
-                (lambda t: t.values[0]) if spec.multi_objective else None)
-            importances = optuna.importance.get_param_importances(study, target=target)
-            imp = plot_importances(importances, rdir / "importances.png") if importances else None
-            imp_note = None if importances else "no parameter to rank"
-        except Exception as exc:  # too few complete trials, single-valued params, ...
-            imp_note = f"parameter importances not available: {str(exc).splitlines()[0]}"
-    except Exception as exc:
-        hist_note = f"study not readable: {str(exc).splitlines()[0]}"
-    sections.append("<h2>Optimisation history</h2>" + _img(hist, hist_note))
-    sections.append("<h2>Parameter importances</h2>" + _img(imp, imp_note))
+    sections.append(("Tuned model vs baselines at the operating point",
+                     guarded("the paper table", lambda: paper_section(result, metric, mode))))
 
-    # Risk-coverage curves.
-    rc = rc_note = None
+    # Per-sample scores of the model and the baselines, shared by two plots.
     split = "test" if "test" in result else "val"
-    try:
+    scores: list[RuleScores] = []
+
+    def compute_scores() -> str:
+        if not have_c:
+            raise ValueError("no operating point to mark")
         if spec.trainable == "stage1":
-            curves = stage1_curves(bundle, checkpoint, split, device)
+            names = list(result.get("baselines", {}).get(split) or {})
+            scores.append(stage1_scores(bundle, checkpoint, split, device, names))
         else:
-            curves = argse_curves(bundle, checkpoint, result[split]["coverage"], split, device)
-        rc = plot_risk_coverage(curves, rdir / "risk_coverage.png", split)
-    except Exception as exc:
-        rc_note = f"risk-coverage curves not available: {str(exc).splitlines()[0]}"
-    sections.append("<h2>Risk-coverage curves</h2>" + _img(rc, rc_note))
+            scores.append(argse_scores(bundle, checkpoint, coverage, split, device))
+        return "".join(_note(n) for n in scores[0].notes)
+
+    score_note = guarded(f"per-sample scores on {split}", compute_scores)
+
+    def scored(title: str, draw: Callable[[RuleScores], bytes]) -> str:
+        if not scores:
+            return score_note
+        return score_note + guarded(title, lambda: _img(draw(scores[0]), title))
+
+    sections.append((f"Balanced and worst-group error vs rejection rate ({split})", scored(
+        "the group error curves",
+        lambda s: plot_group_curves(s, coverage, rdir / "group_error_curves.png"))))
+    sections.append((f"Risk-coverage ({split})", scored(
+        "the risk-coverage curves",
+        lambda s: plot_risk_coverage(s, coverage, rdir / "risk_coverage.png"))))
+
+    def trials_plot() -> str:
+        points = trial_points(status, ledger, metric, mode)
+        missing = sum(p.coverage is None for p in points)
+        values, best, source = baseline_values(status, result, metric)
+        data = plot_trials(points, values, best, metric, coverage, result.get("trial_id"),
+                           rdir / "trials.png")
+        note = (_note(f"{missing} trial(s) reported no coverage and are not drawn")
+                if missing else "")
+        return (_img(data, "trials") + note
+                + f"<p class='note'>baselines: {html.escape(source)}</p>")
+
+    sections.append((f"All trials: {metric} vs realised coverage",
+                     guarded("the trial scatter", trials_plot)))
+
+    study_box: list[Any] = []
+
+    def history() -> str:
+        study_box.append(load_study(spec))
+        values, best, _ = baseline_values(status, result, spec.metrics[0])
+        if best is None and values:
+            pick = min if spec.modes[0] == "min" else max
+            best = pick(values, key=lambda n: values[n])
+        line = (best, values[best]) if best is not None else None
+        data = plot_history(study_box[0], rdir / "history.png", ",".join(spec.metrics), line)
+        return _img(data, "optimisation history")
+
+    sections.append(("Optimisation history", guarded("the optimisation history", history)))
+    sections.append(("Parameter importances", guarded(
+        "the parameter importances",
+        lambda: importances_section(study_box[0], spec, rdir / "importances.png")
+        if study_box else _note("parameter importances need the study, which was not read"))))
+
+    sections.append(("Top trials", guarded(
+        "the top trials", lambda: _top_trials(status, ledger, metric, mode, spec))))
+    sections.append(("All metrics: exported model vs baselines",
+                     guarded("the metric tables", lambda: _full_tables(result))))
 
     if pareto is not None and len(spec.metrics) >= 2:
-        front = {p["trial_id"] for p in pareto}
-        pts = []
-        for t in status["trials"]:
-            x, y = (t["metrics"].get(m) for m in spec.metrics[:2])
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-                pts.append((t["trial_id"], float(x), float(y), t["trial_id"] in front))
-        data = plot_pareto(pts, spec.metrics[:2], rdir / "pareto.png")
-        sections.append("<h2>Pareto front</h2>" + _img(data) + _table(
-            ["trial", *spec.metrics], [[p["trial_id"], *[p["values"].get(m) for m in spec.metrics]]
-                                       for p in pareto]))
+        def pareto_section() -> str:
+            front = {p["trial_id"] for p in pareto}
+            pts = []
+            for t in status["trials"]:
+                x, y = (_num(t["metrics"].get(m)) for m in spec.metrics[:2])
+                if x is not None and y is not None:
+                    pts.append((t["trial_id"], x, y, t["trial_id"] in front))
+            data = plot_pareto(pts, spec.metrics[:2], rdir / "pareto.png")
+            return _img(data, "Pareto front") + table_html(
+                ["trial", *spec.metrics],
+                [[p["trial_id"], *[p["values"].get(m) for m in spec.metrics]] for p in pareto])
+
+        sections.append(("Pareto front", guarded("the Pareto front", pareto_section)))
 
     title = f"seltune export: {spec.name}"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}.note{{color:#888}}</style>
-</head><body><h1>{html.escape(title)}</h1>
-<p>trainable <b>{html.escape(spec.trainable)}</b>, data {html.escape(spec.data)},
-selected by <b>{html.escape(metric)}</b> ({mode}) on the validation side:
-trial {html.escape(str(result.get('trial_id')))} at iteration {result.get('iteration')}.
-Trials: {html.escape(', '.join(f'{k} {v}' for k, v in sorted(status['counts'].items())))}.</p>
-{''.join(sections)}</body></html>"""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status.get("counts", {}).items()))
+    selection = result.get("selection") or {}
+    summary = (
+        f"<p>trainable <b>{html.escape(spec.trainable)}</b>, data "
+        f"<code>{html.escape(str(spec.data))}</code>.<br>"
+        f"Operating point: coverage <b>C = {html.escape(fmt(coverage))}</b> "
+        f"({html.escape(coverage_source)}); every trial and baseline is judged at this "
+        "coverage.<br>"
+        f"Selected by <b>{html.escape(metric)}</b> ({html.escape(mode)}) on val: trial "
+        f"<b>{html.escape(str(result.get('trial_id')))}</b> at iteration "
+        f"{html.escape(str(result.get('iteration')))}"
+        f" (value {html.escape(fmt(selection.get('value')))}).<br>"
+        f"Trials: {html.escape(counts or 'none')}.</p>")
+    body = "".join(f"<h2>{html.escape(t)}</h2>{s}" for t, s in sections)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{summary}{body}</body></html>")
     path = out / "report.html"
     path.write_text(page)
     return path

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from core.argse.data import class_to_group_tensor, split_tensors
 from core.argse.evaluation import selective_metrics
-from core.argse.margins import margin_and_prediction
+from core.argse.margins import GroupedPosterior, batched_margins, grouped_margin_and_prediction
 from core.argse.rules import MuScorer, _coordinate_search, group_errors, lambda_grid
 from core.argse.temperature import apply_temperatures, fit_temperatures
 
@@ -42,17 +42,20 @@ def coverage_confidence(score: torch.Tensor, coverage: float) -> torch.Tensor:
     return score - torch.quantile(score, 1.0 - coverage)
 
 
-def _batched_margins(eta: torch.Tensor, alpha: torch.Tensor, mu: torch.Tensor,
-                     c2g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _batched_margins(gp: GroupedPosterior, alpha: torch.Tensor, mu: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plug-in margins and predictions for M rules at once: ``alpha, mu [M, K]`` ->
-    ``(m [N, M], pred [N, M])``. Same formula as ``margins.margin_and_prediction``."""
-    a_c, mu_c = alpha[:, c2g], mu[:, c2g]  # [M, C]
-    n, c = eta.shape
-    chunk = max(1, int(2e7 // max(n * c, 1)))
+    ``(m [N, M], pred [N, M])``, O(N·M·K) on the grouped posterior (the same rule as
+    ``margins.margin_and_prediction``). Chunked over M so the ``[N, M, K]`` scratch
+    stays below ~2e7 elements."""
+    n, k = gp.mass.shape
+    chunk = max(1, int(2e7 // max(n * k, 1)))
+    if alpha.shape[0] <= chunk:
+        return batched_margins(gp, alpha, mu, "plugin")
     ms, preds = [], []
     for i in range(0, alpha.shape[0], chunk):
-        best, pred = (eta.unsqueeze(1) / a_c[i:i + chunk].unsqueeze(0)).max(dim=-1)
-        ms.append(best - eta @ (1.0 / a_c[i:i + chunk] - mu_c[i:i + chunk]).T)
+        m, pred = batched_margins(gp, alpha[i:i + chunk], mu[i:i + chunk], "plugin")
+        ms.append(m)
         preds.append(pred)
     return torch.cat(ms, 1), torch.cat(preds, 1)
 
@@ -64,61 +67,68 @@ def _accept_cols(m: torch.Tensor, coverage: float) -> torch.Tensor:
     return m > torch.quantile(m, 1.0 - coverage, dim=0, keepdim=True)
 
 
-def _power_alpha(eta, groups, c2g, k, mus, beta, coverage, iters) -> torch.Tensor:
+def _power_alpha(gp: GroupedPosterior, groups, k, mus, beta, coverage, iters) -> torch.Tensor:
     """Algorithm 1's ``alpha`` per candidate ``mus [M, K]`` -> ``[M, K]``:
     ``alpha_k <- K P(accept, y in G_k)`` at the coverage, cost-weighted by ``beta``."""
-    onehot = F.one_hot(groups, k).to(eta.dtype)
+    dtype = gp.mass.dtype
+    onehot = F.one_hot(groups, k).to(dtype)
     tilde = torch.ones_like(mus)
-    scale = k * beta.to(eta.dtype).unsqueeze(0)
+    scale = k * beta.to(dtype).unsqueeze(0)
     for _ in range(iters):
-        m, _ = _batched_margins(eta, tilde / scale, mus, c2g)
-        acc = _accept_cols(m, coverage).to(eta.dtype)  # [N, M]
+        m, _ = _batched_margins(gp, tilde / scale, mus)
+        acc = _accept_cols(m, coverage).to(dtype)  # [N, M]
         tilde = k * (acc.T @ onehot) / groups.numel() + 1e-3
     return tilde / scale
 
 
-def _errors(eta, labels, groups, c2g, k, alphas, mus, coverage) -> torch.Tensor:
-    m, pred = _batched_margins(eta, alphas, mus, c2g)
+def _errors(gp: GroupedPosterior, labels, groups, k, alphas, mus, coverage) -> torch.Tensor:
+    m, pred = _batched_margins(gp, alphas, mus)
     return group_errors(_accept_cols(m, coverage), pred != labels.unsqueeze(1), groups, k)
 
 
-def _inner(eta, labels, groups, c2g, k, beta, coverage, lambdas, iters):
+def _inner(gp: GroupedPosterior, labels, groups, k, beta, coverage, lambdas, iters):
     """Minimise the beta-weighted group error over mu (alpha re-fit per candidate)."""
+    dtype = gp.mass.dtype
     if k == 2:
-        mus = torch.stack([lambdas / 2.0, -lambdas / 2.0], dim=1).to(eta.dtype)
-        alphas = _power_alpha(eta, groups, c2g, k, mus, beta, coverage, iters)
-        errs = _errors(eta, labels, groups, c2g, k, alphas, mus, coverage)
+        mus = torch.stack([lambdas / 2.0, -lambdas / 2.0], dim=1).to(dtype)
+        alphas = _power_alpha(gp, groups, k, mus, beta, coverage, iters)
+        errs = _errors(gp, labels, groups, k, alphas, mus, coverage)
         i = int(torch.argmin((errs * beta).sum(1)))
         return alphas[i], mus[i], errs[i]
-    mu = torch.zeros(1, k, dtype=eta.dtype)
-    alpha = _power_alpha(eta, groups, c2g, k, mu, beta, coverage, iters)[0]
-    scorer = MuScorer(eta, labels, groups, alpha, torch.zeros(k, dtype=eta.dtype), c2g, k,
-                      "plugin", global_target=coverage)
+    mu = torch.zeros(1, k, dtype=dtype)
+    alpha = _power_alpha(gp, groups, k, mu, beta, coverage, iters)[0]
+    scorer = MuScorer(gp, labels, groups, alpha, torch.zeros(k, dtype=dtype),
+                      gp.class_to_group, k, "plugin", global_target=coverage)
     mu = _coordinate_search(scorer, mu[0], lambdas, "weighted", beta).unsqueeze(0)
-    alpha = _power_alpha(eta, groups, c2g, k, mu, beta, coverage, iters)
-    return alpha[0], mu[0], _errors(eta, labels, groups, c2g, k, alpha, mu, coverage)[0]
+    alpha = _power_alpha(gp, groups, k, mu, beta, coverage, iters)
+    return alpha[0], mu[0], _errors(gp, labels, groups, k, alpha, mu, coverage)[0]
 
 
 @torch.no_grad()
-def fit_plugin(eta: torch.Tensor, labels: torch.Tensor, class_to_group: torch.Tensor,
+def fit_plugin(eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor, class_to_group: torch.Tensor,
                num_groups: int, coverage: float, objective: str = "balanced", *,
                grid_points: int = 41, grid_range: float = 2.0, power_iters: int = 5,
                eg_steps: int = 10, eg_step_size: float = 1.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(alpha [K], mu [K])`` of Plug-in[Balanced] / Plug-in[Worst] fit on ``eta [N, C]``."""
-    eta = eta.double()
+    """``(alpha [K], mu [K])`` of Plug-in[Balanced] / Plug-in[Worst] fit on ``eta [N, C]``.
+
+    ``eta``: any posterior ``[N, C]`` (e.g. a gated mixture), or its
+    :class:`GroupedPosterior` in float64. It is summarised per group once; every
+    candidate, power iteration and EG step then costs O(N·K).
+    """
+    gp = eta if isinstance(eta, GroupedPosterior) else GroupedPosterior.from_posterior(
+        eta.double(), class_to_group, num_groups)
     k = num_groups
-    groups = class_to_group[labels]
+    labels = labels.to(gp.mass.device)
+    groups = gp.class_to_group[labels]
     lambdas = lambda_grid(grid_points, grid_range, torch.float64)
     beta = torch.full((k,), 1.0 / k, dtype=torch.float64)
     if objective == "balanced":
-        alpha, mu, _ = _inner(eta, labels, groups, class_to_group, k, beta, coverage, lambdas,
-                              power_iters)
+        alpha, mu, _ = _inner(gp, labels, groups, k, beta, coverage, lambdas, power_iters)
         return alpha.float(), mu.float()
     best = None
     for _ in range(eg_steps):
-        alpha, mu, errs = _inner(eta, labels, groups, class_to_group, k, beta, coverage,
-                                 lambdas, power_iters)
+        alpha, mu, errs = _inner(gp, labels, groups, k, beta, coverage, lambdas, power_iters)
         if best is None or float(errs.max()) < best[0]:
             best = (float(errs.max()), alpha, mu)
         beta = beta * torch.exp(eg_step_size * errs)
@@ -140,6 +150,14 @@ class FittedBaselines:
     plugin: dict  # (objective, rounded coverage) -> (alpha, mu)
     fit_eta: torch.Tensor
     fit_labels: torch.Tensor
+    fit_grouped: GroupedPosterior | None = None  # fit_eta (float64) per group, made once
+
+    def grouped_fit(self) -> GroupedPosterior:
+        """``fit_eta`` summarised per group in float64 (computed on first use)."""
+        if self.fit_grouped is None:
+            self.fit_grouped = GroupedPosterior.from_posterior(
+                self.fit_eta.double(), self.class_to_group, self.num_groups)
+        return self.fit_grouped
 
 
 def _probs(logits, temperatures) -> torch.Tensor:
@@ -174,13 +192,14 @@ def baseline_metrics(bundle, split: str, coverage: float,
     score, pred = eta.max(dim=1)
     out["chow:mixture"] = selective_metrics(coverage_confidence(score, coverage), pred, labels,
                                             c2g, k)
+    gp = GroupedPosterior.from_posterior(eta.double(), c2g, k)  # once for both rules
     for objective in ("balanced", "worst"):
         key = (objective, round(coverage, 4))
         if key not in fitted.plugin:
-            fitted.plugin[key] = fit_plugin(fitted.fit_eta, fitted.fit_labels, c2g, k,
+            fitted.plugin[key] = fit_plugin(fitted.grouped_fit(), fitted.fit_labels, c2g, k,
                                             coverage, objective)
         alpha, mu = fitted.plugin[key]
-        m, pred = margin_and_prediction(eta.double(), alpha.double(), mu.double(), c2g, "plugin")
+        m, pred = grouped_margin_and_prediction(gp, alpha.double(), mu.double(), "plugin")
         out[f"plugin_{objective}"] = selective_metrics(coverage_confidence(m, coverage), pred,
                                                        labels, c2g, k)
     return out

@@ -12,6 +12,12 @@ iterations. Hard acceptance everywhere is the evaluation rule
   K > 2, a coordinate grid (balanced objective) or exponentiated gradient over group
   weights around it (worst objective; Algorithm 2 of the paper).
 - :func:`calibrate_thresholds`: thresholds that realise the coverage targets.
+
+Every step takes the posterior ``eta [N, C]`` or its
+:class:`core.argse.margins.GroupedPosterior`; the posterior is summarised per group once
+per call (O(N·C)) and every alpha/mu candidate, power-iteration and EG step after that
+costs O(N·K) (see :mod:`core.argse.margins`). Callers that run several steps on one
+posterior can pass the grouped form and skip even that pass.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.argse.margins import MarginVariant, margin_and_prediction
+from core.argse.margins import (
+    GroupedPosterior,
+    MarginVariant,
+    as_grouped,
+    grouped_margin_and_prediction,
+)
 
 ALPHA_EPS = 1e-3
 
@@ -30,9 +41,12 @@ def predicted_groups(pred: torch.Tensor, class_to_group: torch.Tensor) -> torch.
     return class_to_group[pred]
 
 
-def hard_accept(eta, alpha, mu, t, class_to_group, variant: MarginVariant) -> torch.Tensor:
-    m, pred = margin_and_prediction(eta, alpha, mu, class_to_group, variant)
-    return m > t[class_to_group[pred]]
+def hard_accept(eta: torch.Tensor | GroupedPosterior, alpha, mu, t, class_to_group,
+                variant: MarginVariant) -> torch.Tensor:
+    """``m(x) > t[group(ŷ)]``, bool ``[N]``; ``eta [N, C]`` or its grouped form."""
+    gp = as_grouped(eta, class_to_group, int(alpha.numel()))
+    m, pred = grouped_margin_and_prediction(gp, alpha, mu, variant)
+    return m > t.to(m.device)[gp.class_to_group[pred]]
 
 
 def _normalise_alpha(alpha: torch.Tensor, alpha_min: float, alpha_max: float,
@@ -56,10 +70,11 @@ def update_alpha_seed(eta, label_groups, alpha, mu, t, class_to_group, num_group
     ``alpha_hat_k = P(accept | y in G_k) + 1e-3`` (1 for an absent group), EMA with
     ``gamma``, then geometric mean 1 and clamp to ``[alpha_min, alpha_max]``.
     """
-    onehot = F.one_hot(label_groups, num_groups).to(eta.dtype)
+    gp = as_grouped(eta, class_to_group, num_groups)
+    onehot = F.one_hot(label_groups, num_groups).to(gp.mass.dtype)
     counts = onehot.sum(0)
     for _ in range(steps):
-        acc = hard_accept(eta, alpha, mu, t, class_to_group, variant).to(eta.dtype)
+        acc = hard_accept(gp, alpha, mu, t, class_to_group, variant).to(gp.mass.dtype)
         rate = (onehot * acc.unsqueeze(1)).sum(0) / counts.clamp_min(1.0)
         alpha_hat = torch.where(counts > 0, rate + ALPHA_EPS, torch.ones_like(rate))
         alpha = _normalise_alpha((1 - gamma) * alpha + gamma * alpha_hat, alpha_min, alpha_max)
@@ -75,10 +90,11 @@ def update_alpha_paper(eta, label_groups, alpha, mu, t, class_to_group, num_grou
     Each step re-evaluates acceptance with the current alpha; the result is put on the
     seed's scale (geometric mean 1, clamp) so both variants are interchangeable.
     """
-    onehot = F.one_hot(label_groups, num_groups).to(eta.dtype)
+    gp = as_grouped(eta, class_to_group, num_groups)
+    onehot = F.one_hot(label_groups, num_groups).to(gp.mass.dtype)
     n = max(int(label_groups.numel()), 1)
     for _ in range(steps):
-        acc = hard_accept(eta, alpha, mu, t, class_to_group, variant).to(eta.dtype)
+        acc = hard_accept(gp, alpha, mu, t, class_to_group, variant).to(gp.mass.dtype)
         joint = (onehot * acc.unsqueeze(1)).sum(0) / n
         alpha = _normalise_alpha(num_groups * joint + ALPHA_EPS, alpha_min, alpha_max,
                                  floor_first=False)
@@ -116,6 +132,9 @@ def _score(errors: torch.Tensor, objective: str, weights: torch.Tensor | None = 
 class MuScorer:
     """Group errors of many ``mu`` candidates on one split, alpha and t fixed.
 
+    ``eta``: the posterior ``[N, C]`` or its :class:`GroupedPosterior` (built once here
+    otherwise).
+
     The margin is affine in mu: ``m(mu) = m(0) + P @ mu`` with ``P [N, K]`` the
     posterior mass of each group, and the prediction does not depend on mu, so M
     candidates cost one ``[N, K] x [K, M]`` product.
@@ -129,10 +148,12 @@ class MuScorer:
     def __init__(self, eta, labels, label_groups, alpha, t, class_to_group, num_groups: int,
                  variant: MarginVariant, global_target: float | None = None,
                  group_targets: Sequence[float] | None = None):
-        zero = torch.zeros(num_groups, dtype=eta.dtype, device=eta.device)
-        m0, pred = margin_and_prediction(eta, alpha, zero, class_to_group, variant)
-        self.base = m0 - t.to(eta.dtype)[class_to_group[pred]]  # [N]
-        self.mass = eta @ F.one_hot(class_to_group, num_groups).to(eta.dtype)  # [N, K]
+        gp = as_grouped(eta, class_to_group, num_groups)
+        zero = torch.zeros(num_groups, dtype=gp.mass.dtype, device=gp.mass.device)
+        m0, pred = grouped_margin_and_prediction(gp, alpha, zero, variant)
+        class_to_group = gp.class_to_group
+        self.base = m0 - t.to(m0.device, m0.dtype)[class_to_group[pred]]  # [N]
+        self.mass = gp.mass  # [N, K]
         self.wrong = pred != labels
         self.groups = label_groups
         self.pred_groups = class_to_group[pred]

@@ -4,7 +4,9 @@
   experts (``core.synth.synth_argse_bundle``); ``--kind digits``: the long-tailed
   scikit-learn ``digits`` example (real images, bundled, no download);
   ``--kind stage1``: the binary feature bundle for the Stage-1 exit gate.
-* ``import --kind argse|stage1 --from DIR``: the layouts of ``core.importers``.
+* ``import --kind argse|stage1 --from DIR``: the layouts of ``core.importers``,
+  including both layouts the AR-GSE repository writes (``--split-map``,
+  ``--class-counts``, ``--imbalance``/``--max-count``, ``--experts`` for its choices).
 * ``inspect BUNDLE``: splits, shapes, class counts, groups and per-expert accuracy /
   balanced accuracy / worst-group accuracy / per-group accuracy on every split.
 * ``extract-features``: registered by ``tuning.cli.extract_features`` when present.
@@ -79,10 +81,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser(
         "import", help="import the AR-GSE logit layout or Stage-1 .npz files",
-        description="argse: DIR/<expert>/<split>_logits.{npy,npz,pt} [N, C], "
-        "DIR/<split>_labels.{npy,npz,pt} [N], DIR/class_counts.json (list of C counts), "
-        "splits tunev, val, test. stage1: DIR/<split>.npz with features [N, D], labels "
-        "[N], optional group [N] and path [N], splits train, val, test.",
+        description="argse: DIR/<expert>/<split>_logits.{npy,npz,pt} [N, C] (an .npz may "
+        "hold logits plus targets/labels), labels in DIR/<split>_labels.{npy,npz,pt} [N] or "
+        "inside each logits file, class counts in DIR/class_counts.json or from "
+        "--class-counts / --imbalance --max-count; splits tunev, val, test. Both layouts "
+        "of the AR-GSE repository import as written: outputs/logits_fixed (npz with "
+        "targets) and outputs/logits/<dataset> (float16 .pt; split aliases tuneV->tunev, "
+        "val_lt->val (preferred) or val_small->val, test_lt->test). stage1: "
+        "DIR/<split>.npz with features [N, D], labels [N], optional group [N] and path "
+        "[N], splits train, val, test.",
     )
     p.add_argument("--kind", choices=IMPORT_KINDS, required=True)
     p.add_argument("--from", dest="src", required=True, metavar="DIR",
@@ -91,7 +98,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-boundaries", default=None,
                    help="argse: comma-separated count boundaries (default 20)")
     p.add_argument("--experts", default=None,
-                   help="argse: expert sub-directories to use, in order (default: all, sorted)")
+                   help="argse: expert sub-directories to use, in order (a name may omit "
+                   "the suffix _baseline; default: the AR-GSE repository's order ce, "
+                   "logitadjust, balsoftmax for its experts, else all, sorted)")
+    p.add_argument("--split-map", default=None, metavar="SRC=SPLIT,...",
+                   help="argse: which source split each bundle split is read from, e.g. "
+                   "tuneV=tunev,val_small=val,test_lt=test (default: the aliases above)")
+    p.add_argument("--class-counts", default=None, metavar="FILE",
+                   help="argse: JSON list of the C training class counts (instead of "
+                   "DIR/class_counts.json)")
+    p.add_argument("--imbalance", type=float, default=None, metavar="IF",
+                   help="argse: CIFAR-LT counts n_c = floor(N * IF^(-c/(C-1))) with "
+                   "--max-count N (CIFAR-100-LT: --imbalance 100 --max-count 500)")
+    p.add_argument("--max-count", type=int, default=None, metavar="N",
+                   help="argse: training count of the largest class, with --imbalance")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run_import)
@@ -172,14 +192,23 @@ def run_import(args: argparse.Namespace) -> int:
     from core import importers
 
     if args.kind == "argse":
-        kwargs: dict[str, Any] = {}
+        # notes are printed once the import succeeded: a bad input stays one line
+        notes: list[str] = []
+        kwargs: dict[str, Any] = {"note": notes.append}
         if args.group_boundaries is not None:
             kwargs["group_boundaries"] = _int_list(args.group_boundaries, "--group-boundaries")
         if args.experts is not None:
             kwargs["experts"] = _name_list(args.experts, "--experts")
+        if args.split_map is not None:
+            kwargs["split_map"] = importers.parse_split_map(args.split_map)
+        kwargs.update(class_counts=args.class_counts, imbalance=args.imbalance,
+                      max_count=args.max_count)
         bundle: Any = importers.import_argse_dir(args.src, **kwargs)
+        for line in notes:
+            _note(f"seltune data import: {line}")
     else:
-        _reject(args, ("group_boundaries", "experts"), "stage1")
+        _reject(args, ("group_boundaries", "experts", "split_map", "class_counts",
+                       "imbalance", "max_count"), "stage1")
         bundle = importers.import_stage1_dir(args.src)
     return _save_and_report(bundle, args, time.perf_counter() - t0, "import")
 

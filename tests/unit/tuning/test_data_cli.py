@@ -281,3 +281,32 @@ def test_extract_features_is_delegated_when_present(capsys):
         main(["data", "extract-features", "--help"])
     assert info.value.code == 0
     assert "usage: seltune data extract-features" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--split-map", "tuneV"], "--split-map='tuneV': expected SOURCE=SPLIT pairs"),
+    (["--imbalance", "100"], "expected --imbalance IF and --max-count N together"),
+    (["--class-counts", "c.json", "--imbalance", "100", "--max-count", "5"],
+     "either --class-counts or --imbalance/--max-count, not both"),
+])
+def test_import_argse_count_and_split_options_one_line(tmp_path, capsys, extra, match):
+    src = make_argse_dir(tmp_path / "src")
+    out = tmp_path / "out"
+    assert_one_line_error(capsys, ["data", "import", "--kind", "argse", "--from", str(src),
+                                   "--out", str(out), *extra], out, match)
+
+
+def test_import_stage1_rejects_argse_repo_options(tmp_path, capsys):
+    src = make_stage1_dir(tmp_path / "src")
+    out = tmp_path / "out"
+    assert_one_line_error(capsys, ["data", "import", "--kind", "stage1", "--from", str(src),
+                                   "--out", str(out), "--split-map", "tuneV=tunev"], out,
+                          "expected no --split-map with --kind stage1")
+
+
+def test_import_argse_notes_the_expert_order(tmp_path, capsys):
+    src = make_argse_dir(tmp_path / "src")
+    assert main(["data", "import", "--kind", "argse", "--from", str(src),
+                 "--out", str(tmp_path / "b"), "--experts", "ce,logit_adjust"]) == 0
+    err = capsys.readouterr().err
+    assert "seltune data import: experts: ce, logit_adjust (as given by --experts)" in err

@@ -358,3 +358,47 @@ def test_trial_points_take_coverage_at_the_best_iteration(inputs):
         best = min(hist.values(), key=lambda m: m["worst_group_error"])
         assert p.objective == best["worst_group_error"]
         assert p.coverage == best["coverage"]
+
+
+def make_feature_bundle(seed: int = 0):
+    """A two-class Stage-1 feature bundle with two sample groups."""
+    from core.bundles import FeatureBundle, FeatureSplit
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(8, 2))
+    splits = {}
+    for name, m in (("train", 400), ("val", 240), ("test", 200)):
+        x = rng.normal(size=(m, 8)).astype(np.float32)
+        y = np.argmax(x @ w + rng.normal(size=(m, 2)) * 1.5, axis=1)
+        splits[name] = FeatureSplit(x, y, (x[:, 0] > 0.8).astype(np.int64))
+    return FeatureBundle(num_classes=2, splits=splits, group_names=("main", "edge"))
+
+
+def test_stage1_report_draws_the_exit_score_against_its_baselines(tmp_path):
+    from core.stage1 import evaluate_checkpoint, train_stage1
+
+    bundle = make_feature_bundle()
+    res = train_stage1({"epochs": 2, "hidden_dim": 16, "batch_size": 64,
+                        "early_stop_patience": 0}, bundle, None, device="cpu")
+    ckpt = tmp_path / "checkpoint"
+    res.save(ckpt)
+    result: dict[str, Any] = {"baselines": {}, "trial_id": "t00", "iteration": 2}
+    for split in ("val", "test"):
+        r = evaluate_checkpoint(ckpt, bundle, split, "cpu")
+        result[split], result["baselines"][split] = r["metrics"], r["baselines"]
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    make_study(storage, "exp", complete=2)
+    spec = make_spec(tmp_path, storage, trainable="stage1", fixed={})
+    spec.coverage = 0.8  # type: ignore[attr-defined]
+    status, ledger = make_trials(3, {n: {"worst_group_error": m["worst_group_error"]}
+                                     for n, m in result["baselines"]["val"].items()})
+    text = R.write_report(tmp_path / "out", spec=spec, status=status, ledger=ledger,
+                          result=result, bundle=bundle, checkpoint=ckpt, device="cpu",
+                          pareto=None, metric="worst_group_error", mode="min").read_text()
+    assert "could not be drawn" not in text
+    assert (tmp_path / "out" / R.REPORT_DIR / "group_error_curves.png").is_file()
+    assert "tuned model (trial t00)" in text
+    assert "from 5 complete trials on; this study has 2 complete" in text
+    assert "no exit score known to the report" not in text  # every baseline drawn
+    for name in result["baselines"]["test"]:
+        assert R.PAPER_LABELS.get(name, name) in text

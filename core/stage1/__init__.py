@@ -25,9 +25,17 @@ if TYPE_CHECKING:
         evaluate_model,
         fit_calibration,
         model_outputs,
+        operating_point_metrics,
         split_metrics,
+        stage1_baselines,
     )
-    from core.stage1.gate_calibration import GateCalibrator, coverage_threshold, fit_gate_calibrator
+    from core.stage1.gate_calibration import (
+        GateCalibrator,
+        ScoreCombiner,
+        coverage_threshold,
+        fit_gate_calibrator,
+        fit_score_combiner,
+    )
     from core.stage1.head import Stage1Head
     from core.stage1.losses import Stage1Loss, bce_gate_loss, selectivenet_loss
     from core.stage1.predictor import Stage1Predictor, load_predictor
@@ -44,6 +52,7 @@ _SOURCES: dict[str, str] = {
     "Stage1Outputs": "core.stage1.evaluation",
     "Stage1Predictor": "core.stage1.predictor",
     "Stage1Result": "core.stage1.train",
+    "ScoreCombiner": "core.stage1.gate_calibration",
     "bce_gate_loss": "core.stage1.losses",
     "coverage_threshold": "core.stage1.gate_calibration",
     "evaluate_checkpoint": "core.stage1.artifacts",
@@ -51,6 +60,9 @@ _SOURCES: dict[str, str] = {
     "fit_calibration": "core.stage1.evaluation",
     "fit_class_calibrator": "core.stage1.calibration",
     "fit_gate_calibrator": "core.stage1.gate_calibration",
+    "fit_score_combiner": "core.stage1.gate_calibration",
+    "operating_point_metrics": "core.stage1.evaluation",
+    "stage1_baselines": "core.stage1.evaluation",
     "load_artifacts": "core.stage1.artifacts",
     "load_predictor": "core.stage1.predictor",
     "model_outputs": "core.stage1.evaluation",
@@ -67,6 +79,7 @@ _SOURCES: dict[str, str] = {
 __all__ = [
     "ClassCalibrator",
     "GateCalibrator",
+    "ScoreCombiner",
     "Stage1Calibration",
     "Stage1Config",
     "Stage1Data",
@@ -82,16 +95,19 @@ __all__ = [
     "fit_calibration",
     "fit_class_calibrator",
     "fit_gate_calibrator",
+    "fit_score_combiner",
     "load_artifacts",
     "load_predictor",
     "model_outputs",
     "odir_penalty",
+    "operating_point_metrics",
     "prepare_data",
     "resolve_ema_decay",
     "save_artifacts",
     "selectivenet_loss",
     "split_metrics",
     "split_val",
+    "stage1_baselines",
     "train_stage1",
 ]
 

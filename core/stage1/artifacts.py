@@ -13,6 +13,13 @@ An artefacts directory (written atomically: a temporary sibling renamed into pla
                              only; :func:`evaluate_checkpoint` recomputes them)
 
 Everything is read back with ``torch.load(weights_only=True)`` or JSON: no pickles.
+
+Older directories (written before the operating point and the exit-score choice) still
+load, as they behaved: a config without ``eval_coverage`` takes its
+``target_coverage``, one without ``exit_score`` exits on the gate
+(:func:`core.stage1.config.upgrade_config_dict`), and their thresholds, stored on the
+probability scale, are mapped to the logit scale the exit scores now use
+(``logit(tau)``, exact up to float rounding).
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ from core.config import config_from_dict, config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
 from core.stage1.calibration import ClassCalibrator
-from core.stage1.config import Stage1Config
+from core.stage1.config import Stage1Config, upgrade_config_dict
 from core.stage1.data import prepare_data
 from core.stage1.evaluation import Stage1Calibration, evaluate_model
-from core.stage1.gate_calibration import GateCalibrator
+from core.stage1.gate_calibration import LOGIT_EPS, GateCalibrator, ScoreCombiner
 from core.stage1.head import Stage1Head
 
 if TYPE_CHECKING:
@@ -45,6 +52,14 @@ GATE_FILE = "gate_calibrator.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 ARTIFACT_FORMAT = 1
+#: The scale of the stored thresholds (absent in older directories: probabilities).
+SCORE_SCALE = "logit"
+
+
+def _threshold_from_probability(tau: float) -> float:
+    """An old, probability-scale threshold on the logit scale of today's exit scores."""
+    p = min(max(float(tau), LOGIT_EPS), 1.0 - LOGIT_EPS)
+    return math.log(p) - math.log1p(-p)
 
 
 def calibrator_file(kind: str) -> str:
@@ -95,6 +110,10 @@ def save_artifacts(result: Stage1Result, out: str | Path, overwrite: bool = Fals
         "threshold": cal.threshold,
         "softmax_threshold": cal.softmax_threshold,
         "target_coverage": cal.target_coverage,
+        "eval_coverage": cal.eval_coverage,
+        "exit_score": cal.exit_score,
+        "combiner": None if cal.combiner is None else cal.combiner.to_json(),
+        "score_scale": SCORE_SCALE,
         "class_calibrator": cal.class_calibrator.kind,
     }
     out = Path(out)
@@ -120,8 +139,9 @@ def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stag
                              expected=f"a directory written by `seltune train stage1` "
                              f"({HEAD_FILE}, calibrator_<kind>.pth, {GATE_FILE}, {CONFIG_FILE})")
     try:
-        config = config_from_dict(Stage1Config, json.loads((path / CONFIG_FILE).read_text()),
-                                  source=str(path / CONFIG_FILE))
+        config = config_from_dict(
+            Stage1Config, upgrade_config_dict(json.loads((path / CONFIG_FILE).read_text())),
+            source=str(path / CONFIG_FILE))
         gate = json.loads((path / GATE_FILE).read_text())
         head = torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True)
     except InputError:
@@ -142,10 +162,29 @@ def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stag
     model.load_state_dict(head["state_dict"])
     dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev).eval()
+    threshold, sm_threshold = float(gate["threshold"]), float(gate["softmax_threshold"])
+    if gate.get("score_scale") != SCORE_SCALE:
+        threshold = _threshold_from_probability(threshold)
+        sm_threshold = _threshold_from_probability(sm_threshold)
+    combiner = gate.get("combiner")
     calibration = Stage1Calibration(
         class_calibrator=class_cal, gate_calibrator=GateCalibrator.from_json(gate),
-        threshold=float(gate["threshold"]), softmax_threshold=float(gate["softmax_threshold"]),
-        target_coverage=float(gate["target_coverage"]))
+        threshold=threshold, softmax_threshold=sm_threshold,
+        target_coverage=float(gate["target_coverage"]),
+        eval_coverage=float(gate.get("eval_coverage", config.eval_coverage)),
+        exit_score=str(gate.get("exit_score", config.exit_score)),
+        combiner=None if combiner is None else ScoreCombiner.from_json(combiner))
+    if calibration.exit_score != config.exit_score or \
+            calibration.eval_coverage != config.eval_coverage:
+        raise InputError("gate calibration and config disagree", file=path / GATE_FILE,
+                         field="exit_score/eval_coverage",
+                         value=f"{calibration.exit_score}/{calibration.eval_coverage}",
+                         expected=f"{config.exit_score}/{config.eval_coverage} "
+                         f"as in {CONFIG_FILE}")
+    if calibration.exit_score == "combined" and calibration.combiner is None:
+        raise InputError("exit_score 'combined' without a fitted combiner",
+                         file=path / GATE_FILE, field="combiner",
+                         expected="{w_gate, w_msp, bias}")
     cw = head.get("class_weights")
     return Stage1Artifacts(path=path, config=config, model=model, calibration=calibration,
                            class_weights=None if cw is None else np.asarray(cw),
@@ -160,8 +199,13 @@ def evaluate_checkpoint(path: str | Path, bundle: Any, split: str = "test",
     ``val_select``, ``val_calib`` or ``test``; ``val`` is re-split with the saved
     config's seed and ``calib_fraction``, so the numbers equal what training reported.
 
+    Every metric is measured at the checkpoint's operating point ``eval_coverage`` on
+    ``split`` with its stored exit score (:func:`core.stage1.evaluation.split_metrics`).
+
     Returns:
-        ``{"metrics": {...}, "baselines": {"softmax_confidence": {...}}}``.
+        ``{"metrics": {...}, "baselines": {"msp": {...}, "doctor": {...},
+        "maxlogit": {...}, "softmax_confidence": {...}}}`` (``softmax_confidence`` is
+        ``msp`` under its old name).
     """
     from core.stage1.train import build_loss
 

@@ -3,7 +3,9 @@
 The field names are a contract with the search spaces (``search_spaces/``) and the
 Tune trainable: do not rename them. Defaults follow the seed
 (``stage1-exit-gate-calibration.md``) where it gives one, otherwise they were chosen
-on the default synthetic Stage-1 bundle (see ``tests/integration/test_stage1_quality.py``).
+on the default synthetic Stage-1 bundle (see ``tests/integration/test_stage1_quality.py``);
+``exit_score`` and ``class_weights`` by ``benchmarks/stage1_quality.py`` (they depart
+from the seed's learned gate, see :class:`Stage1Config`).
 Build one from a dict, a JSON/YAML file or ``--set key=value`` overrides with
 :func:`core.config.build_config` / :func:`core.config.config_from_dict`.
 """
@@ -20,10 +22,12 @@ from core.errors import InputError
 LossName = Literal["bce", "selectivenet"]
 CalibratorName = Literal["temperature", "vector", "matrix", "dirichlet", "none"]
 GateCalibratorName = Literal["platt", "isotonic"]
+ExitScoreName = Literal["gate", "msp", "combined"]
 
 LOSSES = ("bce", "selectivenet")
 CALIBRATORS = ("temperature", "vector", "matrix", "dirichlet", "none")
 GATE_CALIBRATORS = ("platt", "isotonic")
+EXIT_SCORES = ("gate", "msp", "combined")
 EARLY_STOP_METRICS = ("augrc", "loss")
 
 
@@ -35,8 +39,23 @@ class Stage1Config:
         ``bce``: ``CE(f) + gate_weight * BCE(g, 1[argmax f = y])`` (seed v1).
         ``selectivenet``: ``sn_alpha * [r + sn_lambda * max(0, target_coverage - phi)^2]
         + (1 - sn_alpha) * CE(h)`` (Geifman & El-Yaniv, ICML 2019).
-    ``target_coverage`` in (0, 1] is the coverage the exit threshold is calibrated to
-    (and SelectiveNet's ``c``).
+    ``target_coverage`` in (0, 1] is SelectiveNet's training coverage ``c``: a training
+    knob (searchable), never the point a model is judged at.
+
+    Operating point: ``eval_coverage`` in (0, 1] (default 0.8, the seed's exit
+    coverage). The exit threshold ``tau`` is the ``(1 - eval_coverage)`` quantile of the
+    exit score on ``val_calib``, and every reported headline metric on a split is
+    measured at exactly this coverage there (the exit score shifted by one label-free
+    constant, :func:`core.metrics.shift_to_coverage`), so every trial of a sweep is
+    compared at the same coverage. A sweep fixes it; it is never searched.
+
+    Exit score (``exit_score``), all calibrated on ``val_calib``:
+        ``gate``: the calibrated gate score (``gate_calibrator`` on the gate logit);
+        ``msp``: the max of the calibrated class probabilities;
+        ``combined``: ``sigma(w_g * g + w_m * logit(msp) + b)``, a logistic regression
+        on the raw gate logit and the logit of the calibrated max-softmax predicting
+        the correctness of the calibrated prediction
+        (:class:`core.stage1.gate_calibration.ScoreCombiner`).
 
     Optimisation: AdamW(``lr``, ``weight_decay``), linear warm-up over
     ``warmup_epochs`` then cosine decay to 0, counted in optimiser steps;
@@ -54,15 +73,16 @@ class Stage1Config:
     training ``loss``); training stops after ``early_stop_patience`` epochs without
     improvement (0 disables) and the best epoch's weights are kept.
 
-    Class weights: ``balanced`` (``w_c = N / (C n_c)``) is the default because the
-    Stage-1 data are imbalanced (about 80/20) and the headline metrics include
-    worst-group and balanced error. It also decides what the gate is for: the
-    weighted classifier's probabilities are prior-shifted, so its max-softmax is a poor
-    exit score and the learned gate, trained on the correctness of the same
-    predictions, beats it clearly (ALGORITHMS.md §3 quality check). With
-    ``class_weights="none"`` (or a bias-correcting calibrator such as ``vector``) on
-    the synthetic bundle the classifier is well specified, calibrated max-softmax is
-    close to Bayes-optimal, and the gate does not beat it (see benchmarks/RESULTS.md).
+    Class weights: ``balanced`` (``w_c = N / (C n_c)``) or ``none``. The weighted
+    classifier's probabilities are prior-shifted, so its max-softmax is a poor exit
+    score and the learned gate beats it; but the unweighted classifier with the
+    ``combined`` exit score has the lower AUGRC (and worst-source error) at the
+    operating point on the default synthetic bundle and ties on the scikit-learn
+    bundles (benchmarks/RESULTS.md, "Stage-1 vs training-free baselines (issues 10,
+    11)"), hence the defaults ``class_weights="none"``, ``exit_score="combined"``.
+    The seed's choice (a learned gate on a balanced classifier) stays reachable:
+    ``--set exit_score=gate --set class_weights=balanced``, or the search space
+    ``search_spaces/presets/stage1-seed.json``.
 
     Gate input: ``trunk`` (the gate head reads the shared trunk, as in the seed) or
     ``trunk+confidence`` (also the detached log max-prob, top-2 margin and entropy of
@@ -76,6 +96,8 @@ class Stage1Config:
     loss: LossName = "bce"
     gate_weight: float = 1.0
     target_coverage: float = 0.8
+    eval_coverage: float = 0.8
+    exit_score: ExitScoreName = "combined"
     sn_lambda: float = 32.0
     sn_alpha: float = 0.5
     hidden_dim: int = 512
@@ -93,7 +115,7 @@ class Stage1Config:
     ema_decay: float | None = None
     early_stop_patience: int = 3
     early_stop_metric: Literal["augrc", "loss"] = "augrc"
-    class_weights: Literal["none", "balanced"] = "balanced"
+    class_weights: Literal["none", "balanced"] = "none"
     calibrator: CalibratorName = "temperature"
     odir_lambda: float = 1e-2
     odir_mu: float = 1e-2
@@ -110,12 +132,14 @@ class Stage1Config:
                               ("gate_calibrator", GATE_CALIBRATORS),
                               ("class_weights", ("none", "balanced")),
                               ("early_stop_metric", EARLY_STOP_METRICS),
-                              ("gate_input", ("trunk", "trunk+confidence"))):
+                              ("gate_input", ("trunk", "trunk+confidence")),
+                              ("exit_score", EXIT_SCORES)):
             value = getattr(self, name)
             if value not in choices:
                 raise InputError(field=name, value=value, expected="one of " + ", ".join(choices))
         check_range("gate_weight", self.gate_weight, low=0.0)
         check_range("target_coverage", self.target_coverage, low=0.0, high=1.0, low_open=True)
+        check_range("eval_coverage", self.eval_coverage, low=0.0, high=1.0, low_open=True)
         check_range("sn_lambda", self.sn_lambda, low=0.0)
         check_range("sn_alpha", self.sn_alpha, low=0.0, high=1.0)
         check_range("hidden_dim", self.hidden_dim, low=1)
@@ -135,7 +159,7 @@ class Stage1Config:
         check_range("odir_mu", self.odir_mu, low=0.0)
         check_range("calib_fraction", self.calib_fraction, low=0.0, high=1.0,
                     low_open=True, high_open=True)
-        for name in ("gate_weight", "sn_lambda", "lr", "weight_decay", "odir_lambda", "odir_mu"):
+        for name in ("target_coverage", "eval_coverage", "gate_weight", "sn_lambda", "lr", "weight_decay", "odir_lambda", "odir_mu"):
             if not math.isfinite(getattr(self, name)):
                 raise InputError(field=name, value=getattr(self, name), expected="a finite number")
 
@@ -146,3 +170,27 @@ def resolve_ema_decay(config: Stage1Config, total_steps: int) -> float:
         return float(config.ema_decay)
     horizon = max(10.0, total_steps / 10.0)
     return float(min(0.9999, max(0.9, 1.0 - 1.0 / horizon)))
+
+
+#: Values of the fields added after the first checkpoints were written, as those
+#: checkpoints behaved: the exit score was the calibrated gate and the exit threshold
+#: was calibrated to ``target_coverage``. ``eval_coverage`` is filled in from the
+#: checkpoint's own ``target_coverage`` by :func:`upgrade_config_dict`.
+LEGACY_DEFAULTS: dict[str, object] = {"exit_score": "gate"}
+#: The fields a checkpoint may predate.
+LEGACY_FIELDS = ("eval_coverage", "exit_score")
+
+
+def upgrade_config_dict(data: dict[str, object]) -> dict[str, object]:
+    """A saved config dict with the fields it predates filled in as it behaved.
+
+    A config without ``eval_coverage`` judged (and thresholded) at its
+    ``target_coverage`` (default 0.8 when that is missing too); one without
+    ``exit_score`` exited on the gate. Returns a new dict; ``data`` is not changed.
+    """
+    out = dict(data)
+    for key, value in LEGACY_DEFAULTS.items():
+        out.setdefault(key, value)
+    if "eval_coverage" not in out:
+        out["eval_coverage"] = out.get("target_coverage", Stage1Config.target_coverage)
+    return out

@@ -18,13 +18,20 @@ from core.stage1.evaluation import model_outputs, predict
 
 
 class Stage1Predictor:
-    """Applies the exit rule ``exit = calibrated_gate >= tau``, ``class = argmax`` of
-    calibrated probs (ALGORITHMS.md §3)."""
+    """Applies the exit rule ``exit = score >= tau``, ``class = argmax`` of calibrated
+    probs (ALGORITHMS.md §3).
+
+    ``score`` is the checkpoint's exit score (``exit_score``: the calibrated gate, the
+    calibrated max-softmax or their fitted combination, on the logit scale; see
+    :mod:`core.stage1.gate_calibration`) and ``tau`` its ``(1 - eval_coverage)``
+    quantile on ``val_calib``, both stored in the artefacts.
+    """
 
     def __init__(self, artifacts: Stage1Artifacts, device: torch.device | str = "cpu") -> None:
         self.artifacts = artifacts
         self.device = device
         self.threshold = artifacts.calibration.threshold
+        self.exit_score = artifacts.calibration.exit_score
         self.num_classes = artifacts.model.num_classes
         self.feature_dim = artifacts.model.in_dim
 
@@ -35,7 +42,7 @@ class Stage1Predictor:
         return cls, probs, exit_
 
     def predict_with_scores(self, features: np.ndarray | torch.Tensor):
-        """As :meth:`predict`, plus the calibrated gate score ``[N]``."""
+        """As :meth:`predict`, plus the exit score ``[N]`` (float64, logit scale)."""
         x = torch.as_tensor(np.asarray(features, dtype=np.float32)
                             if not isinstance(features, torch.Tensor) else features)
         if x.ndim != 2 or x.shape[1] != self.feature_dim:

@@ -39,9 +39,11 @@ from core.atomic import atomic_dir
 from core.config import config_from_dict, config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
-from core.stage1.config import Stage1Config, resolve_ema_decay
+from core.stage1.config import LEGACY_FIELDS, Stage1Config, resolve_ema_decay
 from core.stage1.data import Stage1Data, prepare_data
 from core.stage1.evaluation import (
+    BASELINE_NAME,
+    BASELINE_NAMES,
     Stage1Calibration,
     evaluate_model,
     fit_calibration,
@@ -140,8 +142,10 @@ class Stage1Result:
 
     ``val`` are the metrics on ``val_select`` and ``test`` on ``test`` (None without a
     test split) of the final model (best epoch + calibrators fit on ``val_calib``);
-    ``baselines = {"val": {"softmax_confidence": {...}}, "test": {...}}``; ``history``
-    holds the per-epoch reported metrics.
+    ``baselines = {"val": {"msp": {...}, "doctor": {...}, "maxlogit": {...},
+    "softmax_confidence": {...}}, "test": {...}}`` (same split, same operating point,
+    :func:`core.stage1.evaluation.stage1_baselines`); ``history`` holds the per-epoch
+    reported metrics.
     """
 
     config: Stage1Config
@@ -174,6 +178,8 @@ class Stage1Result:
         out["epochs_run"] = self.epochs_run
         out["temperature"] = self.calibration.class_calibrator.temperature
         out["gate_threshold"] = self.calibration.threshold
+        out["exit_score"] = self.calibration.exit_score
+        out["eval_coverage"] = self.calibration.eval_coverage
         out["checkpoint"] = None if checkpoint is None else str(checkpoint)
         return out
 
@@ -223,6 +229,46 @@ def load_checkpoint_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+#: Baseline metrics copied into every epoch's report as ``{baseline}_{metric}``.
+REPORTED_BASELINE_METRICS = ("augrc", "risk_at_coverage", "worst_group_error",
+                             "balanced_error", "worst_group_area")
+_LEGACY_BASELINE_METRICS = ("augrc", "coverage", "risk_at_coverage")
+
+
+def baseline_report_metrics(baselines: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The flat per-epoch baseline keys: ``{msp,doctor,maxlogit}_{augrc, risk_at_coverage,
+    worst_group_error, balanced_error, worst_group_area}``, ``best_baseline_augrc`` (the
+    lowest of the three) and the old ``softmax_confidence_{augrc, coverage,
+    risk_at_coverage}`` (= msp)."""
+    out: dict[str, float] = {}
+    for name in BASELINE_NAMES:
+        for key in REPORTED_BASELINE_METRICS:
+            out[f"{name}_{key}"] = baselines[name][key]
+    out["best_baseline_augrc"] = min(baselines[name]["augrc"] for name in BASELINE_NAMES)
+    for key in _LEGACY_BASELINE_METRICS:
+        out[f"{BASELINE_NAME}_{key}"] = baselines[BASELINE_NAME][key]
+    return out
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: Stage1Config, path: Path) -> None:
+    """Raise unless ``cfg`` is the config the checkpoint was written with.
+
+    Fields the checkpoint predates (:data:`LEGACY_FIELDS`: post-hoc choices added
+    later) are not compared: the run never knew them, and the caller's values
+    decide the calibration that follows (so an old sweep's trial can be exported and
+    judged at the new operating point).
+    """
+    current = config_to_dict(cfg)
+    for key in LEGACY_FIELDS:
+        if key not in saved:
+            current.pop(key, None)
+    if current != saved:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise InputError("checkpoint was written with a different config", file=path,
+                         field="config", value=", ".join(diff),
+                         expected="the same config as the run being resumed")
+
+
 def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
                  report: ReportFn | None = None, *, resume_from: str | Path | None = None,
                  device: str = "auto", workdir: str | Path | None = None) -> Stage1Result:
@@ -232,7 +278,9 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
         config: a :class:`Stage1Config` or a dict of its fields.
         bundle: a :class:`core.bundles.FeatureBundle` (kind ``stage1``).
         report: called once per epoch as ``report(metrics, checkpoint_dir)`` with the
-            metrics on ``val_select`` plus ``epoch`` (1-based) and ``train_loss``.
+            metrics on ``val_select`` at the operating point ``eval_coverage``
+            (:func:`core.stage1.evaluation.split_metrics`), the baselines' flat keys
+            (:func:`baseline_report_metrics`), ``epoch`` (1-based) and ``train_loss``.
             ``checkpoint_dir`` holds the full resumable state; it stays valid until
             the next epoch's report (only the latest checkpoint is kept).
         resume_from: a ``checkpoint_dir`` from an earlier report; training continues
@@ -250,11 +298,7 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
     resume_state = None
     if resume_from is not None:
         resume_state = load_checkpoint_state(resume_from)
-        saved = resume_state["config"]
-        if saved != config_to_dict(cfg):
-            raise InputError("checkpoint was written with a different config",
-                             file=Path(resume_from) / STATE_FILE, field="config",
-                             expected="the same config as the run being resumed")
+        _check_resume_config(resume_state["config"], cfg, Path(resume_from) / STATE_FILE)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -319,8 +363,7 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
                 data.num_groups, loss_fn=loss_fn, device=dev)
             metrics["train_loss"] = train_loss
             metrics["epoch"] = epoch + 1
-            for key in ("augrc", "coverage", "risk_at_coverage"):
-                metrics[f"softmax_confidence_{key}"] = baselines["softmax_confidence"][key]
+            metrics.update(baseline_report_metrics(baselines))
             history.append(dict(metrics))
             score = metrics[cfg.early_stop_metric]
             if score < best_score:
@@ -409,6 +452,7 @@ def _calibrate(model: torch.nn.Module, data: Stage1Data, cfg: Stage1Config,
     return fit_calibration(out, calib.labels, calibrator=cfg.calibrator,
                            gate_calibrator=cfg.gate_calibrator,
                            target_coverage=cfg.target_coverage,
+                           eval_coverage=cfg.eval_coverage, exit_score=cfg.exit_score,
                            odir_lambda=cfg.odir_lambda, odir_mu=cfg.odir_mu)
 
 

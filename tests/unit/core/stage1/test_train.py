@@ -179,7 +179,7 @@ def test_artifacts_predictor_and_evaluate_equal_training(tmp_path, over):
     cls, probs, exit_ = pred.predict(x)
     assert cls.shape == (len(x),) and probs.shape == (len(x), 3) and exit_.dtype == bool
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
-    assert exit_.mean() == pytest.approx(res.test["coverage"])
+    assert exit_.mean() == pytest.approx(res.test["exit_coverage"])
     assert np.array_equal(cls, probs.argmax(1))
     with pytest.raises(InputError, match="already exists"):
         res.save(out)
@@ -251,15 +251,18 @@ def test_calibrators_and_threshold_fit_on_val_calib_only():
     from core.stage1 import coverage_threshold, fit_calibration, model_outputs
 
     b = _bundle(6)
-    res = train_stage1({**FAST, "epochs": 1, "target_coverage": 0.7}, b, device="cpu")
+    # the training knob (0.7) and the operating point (0.6) differ: tau follows the latter
+    res = train_stage1({**FAST, "epochs": 1, "target_coverage": 0.7, "eval_coverage": 0.6},
+                       b, device="cpu")
     data = prepare_data(b, res.config.calib_fraction, res.config.seed)
     cal = data.splits["val_calib"]
     out = model_outputs(res.model, cal.features)
     refit = fit_calibration(out, cal.labels, calibrator=res.config.calibrator,
                             gate_calibrator=res.config.gate_calibrator, target_coverage=0.7,
+                            eval_coverage=0.6, exit_score=res.config.exit_score,
                             odir_lambda=res.config.odir_lambda, odir_mu=res.config.odir_mu)
     assert refit.threshold == res.calibration.threshold
     assert refit.gate_calibrator.params == res.calibration.gate_calibrator.params
-    scores = res.calibration.gate_calibrator.scores(out.gate)
-    assert np.mean(scores >= res.calibration.threshold) == round(0.7 * len(cal)) / len(cal)
-    assert coverage_threshold(scores, 0.7) == res.calibration.threshold
+    scores = res.calibration.scores(out)
+    assert np.mean(scores >= res.calibration.threshold) == round(0.6 * len(cal)) / len(cal)
+    assert coverage_threshold(scores, 0.6) == res.calibration.threshold

@@ -9,6 +9,7 @@ Layout of one experiment (``STORAGE/NAME``; Ray Tune owns everything but ``seltu
         seltune/study.db          the Optuna study (SQLite; unless --study-storage)
         seltune/asha_state.json   ASHA's rungs and the trials it stopped
         seltune/trials.json       ledger: status, config and results of every trial
+        seltune/baselines.json    the training-free baselines at the operating point
 
 The ledger is written by the driver on every event (atomically), so ``seltune status``
 can read it while the sweep runs, and after the driver died.
@@ -56,6 +57,7 @@ SPEC_FILE = "sweep.json"
 STUDY_FILE = "study.db"
 ASHA_FILE = "asha_state.json"
 LEDGER_FILE = "trials.json"
+BASELINES_FILE = "baselines.json"
 SPEC_VERSION = 1
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
@@ -281,6 +283,13 @@ class SweepSpec:
         max_failures: retries of a failing trial before it is ERROR.
         address: the Ray address the sweep was started with.
         tensorboard: also write TensorBoard event files in every trial directory.
+        coverage: the operating point: every trial is judged at this coverage (None in
+            experiments made before it existed: they were judged at their own).
+        max_coverage_gap: a trial whose realised coverage misses ``coverage`` by more
+            is infeasible (never best; Optuna is told through its constraints).
+        points_to_evaluate: configs the sweep runs first (warm start, ``--enqueue``).
+        warm_start: ``{"experiment", "study_storage", "study_name"}`` whose finished
+            trials were copied into this study as history (``--warm-start``), or None.
         created: ISO-8601 UTC time.
     """
 
@@ -306,6 +315,10 @@ class SweepSpec:
     address: str = "local"
     sampler: str = "tpe"
     tensorboard: bool = False
+    coverage: float | None = None
+    max_coverage_gap: float = 0.02
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    warm_start: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     version: int = SPEC_VERSION
 
@@ -351,7 +364,9 @@ class SweepSpec:
                              expected=f"{SPEC_VERSION} (written by this seltune)")
         names = set(cls.__dataclass_fields__)
         missing = sorted(n for n in names if n not in data and n not in
-                         ("max_failures", "address", "created", "version", "sampler"))
+                         ("max_failures", "address", "created", "version", "sampler",
+                          "tensorboard", "coverage", "max_coverage_gap",
+                          "points_to_evaluate", "warm_start"))
         if missing:
             raise InputError("missing keys", file=source, value=missing,
                              expected="a complete sweep spec")
@@ -434,6 +449,12 @@ def load_ledger(experiment_dir: Path) -> dict[str, Any]:
         raise InputError(file=path, value=type(data).__name__,
                          expected='{"trials": {TRIAL_ID: ...}}')
     return data
+
+
+def load_baselines(experiment_dir: Path) -> dict[str, Any] | None:
+    """``seltune/baselines.json`` (see :mod:`tuning.baselines`), None if not written."""
+    path = seltune_dir(experiment_dir) / BASELINES_FILE
+    return read_json(path) if path.is_file() else None
 
 
 def load_asha_state(experiment_dir: Path) -> dict[str, Any] | None:

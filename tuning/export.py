@@ -20,7 +20,11 @@ Written atomically into ``DIR``::
 
 Selection: among trials that ran to their end (if any did, else all trials), the
 (trial, iteration) with the best value of ``--metric`` over every reported iteration,
-on the validation side; ``test`` is read only here, after the choice. For Stage-1 the
+on the validation side; ``test`` is read only here, after the choice. Iterations off
+the sweep's operating point (``coverage_gap > --max-coverage-gap``) are never chosen.
+The model and the baselines are judged at the operating point on val and test, and
+``metrics.json["verdict"]`` (also printed) says in one line per split whether the
+model beats each baseline. For Stage-1 the
 checkpoint is the chosen trial's last one (its training already keeps its best epoch).
 
 An experiment in object storage (``URI/NAME``): only the checkpoint directories the
@@ -32,13 +36,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from tuning.baselines import verdicts
 from tuning.experiment import SweepSpec, find_experiment, load_ledger, load_spec
-from tuning.status import best_iteration, experiment_status
+from tuning.status import best_iteration, experiment_status, max_gap_of
 
 
 def _finite(x: Any) -> bool:
@@ -46,8 +52,9 @@ def _finite(x: Any) -> bool:
 
 
 def select_best(status: dict[str, Any], ledger: dict[str, Any], metric: str,
-                mode: str) -> tuple[str, int, dict[str, Any]]:
-    """``(trial_id, iteration, metrics)`` of the best checkpointed result (module doc)."""
+                mode: str, max_gap: float | None = None) -> tuple[str, int, dict[str, Any]]:
+    """``(trial_id, iteration, metrics)`` of the best checkpointed feasible result
+    (module doc)."""
     by_id = {t["trial_id"]: t for t in status["trials"]}
     finished = [tid for tid, t in by_id.items() if t["status"] == "TERMINATED"]
     pool = finished or list(by_id)
@@ -55,14 +62,15 @@ def select_best(status: dict[str, Any], ledger: dict[str, Any], metric: str,
     for tid in pool:
         history = {k: v for k, v in ledger["trials"][tid].get("history", {}).items()
                    if v.get("checkpoint_dir_name")}
-        found = best_iteration(history, metric, mode)
+        found = best_iteration(history, metric, mode, max_gap)
         if found is None:
             continue
         value = found[1][metric]
         if best is None or (value < best[0] if mode == "min" else value > best[0]):
             best = (value, tid, found[0], found[1])
     if best is None:
-        raise InputError(f"no trial reported {metric} with a checkpoint yet",
+        at = "" if max_gap is None else f" at the operating point (coverage gap <= {max_gap:g})"
+        raise InputError(f"no trial reported {metric} with a checkpoint{at} yet",
                          file=status["path"], expected="a sweep with at least one result")
     return best[1], best[2], best[3]
 
@@ -158,10 +166,13 @@ def checkpoint_metrics(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
         from core.argse.baselines import baseline_metrics
 
         predictor = load_predictor(ckpt, device)
-        out = {s: model_metrics(predictor, bundle, s) for s in splits}
+        coverage = spec.coverage if spec.coverage is not None else predictor.eval_coverage
+        out = {s: model_metrics(predictor, bundle, s, coverage) for s in splits}
         fitted = fitted_baselines(bundle)
-        out["baselines"] = {s: baseline_metrics(bundle, s, out[s]["coverage"], fitted)
-                            for s in splits}
+        # at the operating point (older experiments: the model's realised coverage)
+        out["baselines"] = {s: baseline_metrics(
+            bundle, s, coverage if coverage is not None else out[s]["coverage"], fitted)
+            for s in splits}
     out["config"] = config
     return out
 
@@ -185,7 +196,8 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     sel_metric, sel_mode = metrics[0], modes[0]
     status = experiment_status(path, spec)
     ledger = load_ledger(path)
-    trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode)
+    trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode,
+                                                    max_gap_of(spec))
     entry = ledger["trials"][trial_id]
     if spec.trainable == "stage1":
         iteration = _last_checkpoint_iteration(entry)
@@ -207,6 +219,13 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         result["selection"] = {"metric": sel_metric, "mode": sel_mode,
                                "value": best_metrics.get(sel_metric),
                                "experiment": status["path"]}
+        result["operating_point"] = {"coverage": spec.coverage,
+                                     "max_coverage_gap": spec.max_coverage_gap}
+        result["verdict"] = verdicts({s: result[s] for s in ("val", "test") if s in result},
+                                     result.get("baselines", {}), sel_metric, sel_mode,
+                                     spec.coverage)
+        for line in result["verdict"]:
+            print(f"[seltune] {line}", file=sys.stderr, flush=True)
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
             json.dumps(to_jsonable(result), indent=2, allow_nan=False))

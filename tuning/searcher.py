@@ -254,6 +254,9 @@ class SeltuneOptunaSearch(OptunaSearch):
         )
         ot_state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
                     "FAIL": TrialState.FAIL}[state]
+        gap = None if result is None else result.get(COVERAGE_GAP_ATTR)
+        if _finite(gap):  # read by CoverageConstraint when the trial is told
+            self._ot_trials[trial_id].set_user_attr(COVERAGE_GAP_ATTR, float(gap))
         try:
             self._study().tell(self._ot_trials[trial_id], value, state=ot_state)
         except Exception as exc:
@@ -330,12 +333,35 @@ class SeltuneOptunaSearch(OptunaSearch):
 
 SAMPLERS = ("tpe", "random")
 
+#: The study trial's user attribute with the realised distance of its coverage from the
+#: sweep's operating point (set before the trial is told; read by the constraint).
+COVERAGE_GAP_ATTR = "coverage_gap"
 
-def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe"):
+
+class CoverageConstraint:
+    """Optuna ``constraints_func``: ``[coverage_gap - max_gap]`` (feasible iff ``<= 0``).
+
+    A trial whose realised coverage misses the operating point by more than
+    ``max_gap`` is infeasible; TPE then models it apart from the feasible ones
+    (Optuna's constrained TPE). A module-level class, so it pickles with the sampler.
+    """
+
+    def __init__(self, max_gap: float) -> None:
+        self.max_gap = float(max_gap)
+
+    def __call__(self, trial) -> list[float]:
+        gap = trial.user_attrs.get(COVERAGE_GAP_ATTR, 0.0)
+        return [float(gap) - self.max_gap]
+
+
+def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe",
+                 max_coverage_gap: float | None = None):
     """TPE with a seed (or ``random``, the baseline of the search-quality benchmark).
 
     TPE is multivariate with ``group=True`` for the conditional spaces, and
     ``constant_liar`` keeps concurrent suggestions apart while earlier trials run.
+    With ``max_coverage_gap``, trials off the operating point are infeasible
+    (:class:`CoverageConstraint`).
     """
     import warnings
 
@@ -343,18 +369,21 @@ def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe"):
 
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    constraints = None if max_coverage_gap is None else CoverageConstraint(max_coverage_gap)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True,
-            n_startup_trials=10,
+            n_startup_trials=10, constraints_func=constraints,
         )
 
 
 def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[str],
                    seed: int, study_storage: str, study_name: str,
                    sampler: str = "tpe", *, experiment: str | None = None,
-                   num_samples: int | None = None) -> SeltuneOptunaSearch:
+                   num_samples: int | None = None,
+                   points_to_evaluate: list[dict[str, Any]] | None = None,
+                   max_coverage_gap: float | None = None) -> SeltuneOptunaSearch:
     """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
     import optuna
 
@@ -367,12 +396,52 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
         space=SpaceFunction(space_dict),
         metric=list(metrics) if multi else metrics[0],
         mode=list(modes) if multi else modes[0],
-        sampler=make_sampler(seed, multi, sampler),
+        sampler=make_sampler(seed, multi, sampler, max_coverage_gap),
         study_name=study_name,
+        points_to_evaluate=list(points_to_evaluate or []) or None,
         storage=storage,
         experiment=experiment,
         num_samples=num_samples,
     )
+
+
+def add_history(study, source: dict[str, Any], space_dict: dict[str, Any]) -> int:
+    """``--warm-start``: copy the finished trials of another sweep's study into ``study``.
+
+    A trial is copied (COMPLETE with its value, or PRUNED with its intermediate values)
+    when every parameter it has is searched here with a value inside this space; it
+    carries ``warm_start_from`` and is not counted as one of this sweep's trials.
+    Returns how many were copied.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from search_spaces import SearchSpace
+
+    space = SearchSpace.from_dict(space_dict)
+    params = {p.name: p for p in space.params}
+    if study.user_attrs.get("warm_started_from") == source["experiment"]:
+        return 0  # a resumed sweep: already copied
+    other = optuna.load_study(study_name=source["study_name"], storage=source["study_storage"])
+    copied = 0
+    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if len(other.directions) != len(study.directions):
+            break
+        if not t.params or any(k not in params or not params[k].contains(v)
+                               for k, v in t.params.items()):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            state=t.state, value=t.value if t.state == TrialState.COMPLETE and
+            len(study.directions) == 1 else None,
+            values=t.values if t.state == TrialState.COMPLETE and len(study.directions) > 1
+            else None,
+            params=t.params, distributions=t.distributions,
+            intermediate_values=dict(t.intermediate_values),
+            user_attrs={"warm_start_from": source["experiment"], "source_number": t.number,
+                        **{k: v for k, v in t.user_attrs.items() if k == COVERAGE_GAP_ATTR}}))
+        copied += 1
+    study.set_user_attr("warm_started_from", source["experiment"])
+    return copied
 
 
 # --------------------------------------------------------------------------- scheduler

@@ -10,6 +10,12 @@ A trial's score is the best value of the sweep's (first) metric over all its rep
 iterations; ``best`` is the trial with the best score, with the metrics of that
 iteration (``training_iteration`` says which). Multi-objective sweeps add ``pareto``:
 the non-dominated trials on their last reported values.
+
+The operating point (sweeps that have one, ``spec.coverage``): an iteration whose
+``coverage_gap`` exceeds ``spec.max_coverage_gap`` is infeasible and never best; every
+trial row says ``feasible``. ``baselines`` is ``seltune/baselines.json`` (the
+training-free rules at the operating point, :mod:`tuning.baselines`) and ``verdict``
+the one line saying whether the best trial beats each of them on ``val``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tuning.experiment import SweepSpec, load_asha_state, load_ledger, load_spec
+from tuning.baselines import verdicts
+from tuning.experiment import SweepSpec, load_asha_state, load_baselines, load_ledger, load_spec
 
 
 def _num(x: Any) -> float | None:
@@ -27,14 +34,26 @@ def _num(x: Any) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def feasible(metrics: dict[str, Any], max_gap: float | None) -> bool:
+    """Whether a report is at the operating point (``coverage_gap <= max_gap``); reports
+    without a gap (older sweeps) and sweeps without an operating point always are."""
+    gap = _num(metrics.get("coverage_gap"))
+    return max_gap is None or gap is None or gap <= max_gap + 1e-12
+
+
+def max_gap_of(spec: SweepSpec) -> float | None:
+    return None if spec.coverage is None else float(spec.max_coverage_gap)
+
+
 def best_iteration(history: dict[str, dict[str, Any]], metric: str,
-                   mode: str) -> tuple[int, dict[str, Any]] | None:
-    """``(iteration, metrics)`` of the best value of ``metric`` in ``history``; ties keep
-    the earliest iteration; None if no finite value."""
+                   mode: str, max_gap: float | None = None) -> tuple[int, dict[str, Any]] | None:
+    """``(iteration, metrics)`` of the best value of ``metric`` in ``history`` among the
+    feasible iterations (:func:`feasible`); ties keep the earliest iteration; None if no
+    finite feasible value."""
     best = None
     for key in sorted(history, key=int):
         value = _num(history[key].get(metric))
-        if value is None:
+        if value is None or not feasible(history[key], max_gap):
             continue
         if best is None or (value < best[0] if mode == "min" else value > best[0]):
             best = (value, int(key), history[key])
@@ -72,6 +91,7 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
     asha = load_asha_state(path) or {}
     stopped = set(asha.get("stopped", {}))
     metric, mode = spec.metric, spec.mode
+    max_gap = max_gap_of(spec)
     trials: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     best = None
@@ -80,10 +100,11 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
         counts[status] = counts.get(status, 0) + 1
         history = entry.get("history", {})
         last = history[max(history, key=int)] if history else {}
+        found = best_iteration(history, metric, mode, max_gap)
         trials.append({"trial_id": entry["trial_id"], "status": status,
                        "config": entry.get("config", {}), "metrics": last,
-                       "iterations": int(entry.get("iterations", 0))})
-        found = best_iteration(history, metric, mode)
+                       "iterations": int(entry.get("iterations", 0)),
+                       "feasible": found is not None or not history})
         if found is not None:
             value = found[1][metric]
             if best is None or (value < best[0] if mode == "min" else value > best[0]):
@@ -99,6 +120,15 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
                                            "metrics": best[2]},
         "trials": trials,
     }
+    if spec.coverage is not None:
+        out["coverage"] = spec.coverage
+    baselines = load_baselines(path)
+    if baselines is not None:
+        out["baselines"] = baselines
+        if best is not None:
+            out["verdict"] = verdicts({baselines["split"]: best[2]},
+                                      {baselines["split"]: baselines["values"]},
+                                      metric, mode, spec.coverage)
     if ledger.get("lost"):
         # started by a driver that was killed before Tune's next snapshot; replaced by
         # new suggestions on resume (see LedgerCallback.on_step_begin)
@@ -138,7 +168,8 @@ def print_status(status: dict[str, Any], *, top: int | None = None, stderr: bool
     # Columns for the parameters that differ between trials (fixed ones say nothing).
     params = sorted(k for k in {k for t in rows for k in t["config"]}
                     if len({repr(t["config"].get(k)) for t in rows}) > 1)[:4]
-    extra = [m for m in ("augrc", "worst_group_error") if m not in metrics]
+    extra = [m for m in ("coverage", "augrc", "worst_group_error", "gap_to_best_baseline")
+             if m not in metrics]
     print_table(
         f"trials ({'top ' + str(top) if top else 'all'}, by {metrics[0]} {mode}, last values)",
         ["trial", "status", "iter", *metrics, *extra, *params],
@@ -150,7 +181,14 @@ def print_status(status: dict[str, Any], *, top: int | None = None, stderr: bool
     best = status.get("best")
     if best:
         value = best["metrics"].get(metrics[0])
-        con.print(f"best: trial {best['trial_id']}  {metrics[0]}={value:.4f} at iteration "
+        at = "" if status.get("coverage") is None else f" at coverage {status['coverage']:g}"
+        con.print(f"best: trial {best['trial_id']}  {metrics[0]}={value:.4f}{at} at iteration "
                   f"{best['metrics'].get('training_iteration')}")
+    if status.get("baselines"):
+        from tuning.baselines import print_baselines
+
+        print_baselines(status["baselines"], stderr=stderr)
+    for line in status.get("verdict", []):
+        con.print(line)
     if status.get("pareto") is not None:
         con.print("pareto front: " + (", ".join(status["pareto"]) or "none yet"))

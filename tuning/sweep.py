@@ -6,9 +6,20 @@ an :class:`InputError` before Ray starts); :func:`execute` runs it, fresh or res
 ledger (``seltune/trials.json``) through :class:`LedgerCallback` and shows progress
 through :class:`ProgressCallback` (on stderr, so ``--json`` keeps stdout clean).
 
-With no options at all (:data:`DEFAULT_SWEEP`), a sweep of the ``argse-selective``
-default space runs on the default synthetic bundle with a shortened schedule, a few
-minutes on two CPUs.
+With no options at all (``DEFAULT_SWEEP_SAMPLES`` trials), a sweep of the
+``argse-selective`` default space runs on the default synthetic bundle.
+
+The operating point: a sweep has one evaluation coverage (``--coverage``), written into
+every trial's config (the trainable's ``coverage_key``), so every trial reports its
+metrics at that coverage; ``target_coverage`` and ``tau_*`` stay training knobs. The
+training-free baselines are fit once at that point before the first trial
+(:mod:`tuning.baselines`), and every report carries ``gap_to_best_baseline``. Trials
+whose realised coverage misses the point by more than ``--max-coverage-gap`` are
+infeasible: Optuna is told through TPE's ``constraints_func`` and export never picks
+them. Warm start: the first trials are the trainable's defaults and the configuration
+that reproduces the strongest baseline (``TrainableInfo.baseline_point``), plus
+``--enqueue FILE``; ``--warm-start EXPERIMENT`` copies a finished study's trials into
+the new study as history.
 """
 
 from __future__ import annotations
@@ -82,6 +93,10 @@ class SweepOptions:
     tensorboard: bool = False
     overrides: list[str] = field(default_factory=list)
     default_run: bool = False
+    coverage: float | None = None
+    max_coverage_gap: float = 0.02
+    enqueue: str | None = None
+    warm_start: str | None = None
 
 
 def parse_metrics(metric: str, mode: str | None) -> tuple[list[str], list[str]]:
@@ -226,6 +241,8 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if unknown:
         raise InputError("unknown config key", file="--set", field=unknown[0],
                          expected=f"one of {', '.join(sorted(known))}")
+    coverage = _operating_point(opts, info, space, cli_fixed)
+    cli_fixed[info.coverage_key] = coverage
     space = _with_fixed(space, cli_fixed, source="--space + --set")
     if len(space.params) == 0:
         raise InputError("nothing left to search", field="--set", value=sorted(cli_fixed),
@@ -248,6 +265,11 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         scheduler = {"kind": "asha", "grace_period": grace, "max_t": max_t,
                      "reduction_factor": opts.reduction_factor or 3.0}
     num_samples = opts.num_samples or (DEFAULT_SWEEP_SAMPLES if opts.default_run else 16)
+    if not 0.0 <= opts.max_coverage_gap < 1.0:
+        raise InputError(field="--max-coverage-gap", value=opts.max_coverage_gap,
+                         expected="a number in [0, 1)")
+    points = warm_start_points(info, space, base_cfg, opts.enqueue)
+    history = _warm_start_source(opts.warm_start, info.name)
 
     if isinstance(storage, str):
         path = create_remote_experiment(storage, opts.name, info.name)
@@ -263,6 +285,8 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         study_storage=opts.study_storage or default_study_storage(path),
         study_name=path.name, max_failures=int(opts.max_failures),
         address=address, sampler=opts.sampler, tensorboard=bool(opts.tensorboard),
+        coverage=coverage, max_coverage_gap=float(opts.max_coverage_gap),
+        points_to_evaluate=points, warm_start=history,
     )
     try:
         save_spec(spec)  # for a URI storage: the upload that claims the name there
@@ -277,6 +301,100 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
                              expected=EXPECTED_STORAGE) from None
         raise
     return spec, bundle
+
+
+def _operating_point(opts: SweepOptions, info, space, cli_fixed: dict[str, Any]) -> float:
+    """The sweep's one evaluation coverage (``--coverage``, or ``--set KEY=``, or the
+    trainable's default); it is never searched."""
+    from core.metrics import check_coverage
+
+    key = info.coverage_key
+    if any(p.name == key for p in space.params):
+        raise InputError("the operating point is not a searched parameter", file="--space",
+                         field=key, expected=f"--coverage C (every trial is judged at one "
+                         f"coverage; {key} is set from it)")
+    given = cli_fixed.get(key)
+    if opts.coverage is not None and given is not None and float(given) != opts.coverage:
+        raise InputError(f"--set {key}={given} contradicts --coverage {opts.coverage}",
+                         field="--coverage", value=opts.coverage,
+                         expected=f"one operating point (drop --set {key})")
+    value = opts.coverage if opts.coverage is not None else given
+    if value is None:
+        value = space.fixed.get(key, info.default_coverage)
+    return check_coverage(value, field="--coverage")
+
+
+def _in_space(param, value: Any) -> bool:
+    """Whether ``value`` is a legal value of search-space parameter ``param``."""
+    return bool(param.contains(value))
+
+
+def warm_start_points(info, space, base_cfg, enqueue: str | None) -> list[dict[str, Any]]:
+    """The configs the sweep evaluates first (``points_to_evaluate``), in order:
+
+    1. the trainable's defaults (the seed's configuration, for every searched key whose
+       default lies in the space), 2. the configuration that reproduces the strongest
+       baseline, when the space searches its keys, 3. the user's ``--enqueue`` configs.
+    """
+    import dataclasses
+
+    params = {p.name: p for p in space.params}
+    defaults = {f.name: getattr(base_cfg, f.name) for f in dataclasses.fields(base_cfg)}
+    first = {k: defaults[k] for k, p in params.items()
+             if k in defaults and _in_space(p, defaults[k])}
+    points = [first] if first else []
+    baseline = {k: v for k, v in info.baseline_point if k in params and _in_space(params[k], v)}
+    if baseline and any(k in params for k, _ in info.baseline_point[:1]):
+        points.append({**first, **baseline})
+    if enqueue:
+        points += _load_enqueue(enqueue, params)
+    return points
+
+
+def _load_enqueue(path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``--enqueue FILE``: a JSON or YAML list of configs over the searched keys."""
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError("no such file", file=file, field="--enqueue",
+                         expected="a JSON/YAML list of configs")
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(file.read_text())
+        else:
+            data = json.loads(file.read_text())
+    except Exception as exc:  # yaml/json parse errors: one line naming the file
+        raise InputError(f"not readable: {str(exc).splitlines()[0][:120]}", file=file,
+                         field="--enqueue", expected="a JSON/YAML list of configs") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise InputError(file=file, field="--enqueue", value=type(data).__name__,
+                         expected="a list of {key: value} configs")
+    for i, cfg in enumerate(data):
+        for key, value in cfg.items():
+            if key not in params:
+                raise InputError("not a searched key", file=file, field=f"[{i}].{key}",
+                                 expected="one of " + ", ".join(sorted(params)))
+            if not _in_space(params[key], value):
+                raise InputError(file=file, field=f"[{i}].{key}", value=value,
+                                 expected="a value inside the search space")
+    return [dict(d) for d in data]
+
+
+def _warm_start_source(experiment: str | None, trainable: str) -> dict[str, Any] | None:
+    """``--warm-start EXPERIMENT``: where the history comes from (its study)."""
+    if not experiment:
+        return None
+    from tuning.experiment import find_experiment, load_spec
+
+    other = load_spec(find_experiment(experiment, None))
+    if other.trainable != trainable:
+        raise InputError(f"experiment is a {other.trainable} sweep", field="--warm-start",
+                         value=experiment, expected=f"a {trainable} experiment")
+    return {"experiment": other.name, "study_storage": other.study_storage,
+            "study_name": other.study_name, "metrics": other.metrics}
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -437,18 +555,21 @@ class ProgressCallback(_CallbackBase):
     """A compact live table on stderr: one row per trial, refreshed at most every
     ``interval`` seconds when something changed, plus a line per finished trial."""
 
-    def __init__(self, metric: str, extra: tuple[str, ...] = ("augrc",),
-                 interval: float = 10.0, total: int | None = None) -> None:
+    def __init__(self, metric: str, extra: tuple[str, ...] = ("coverage", "augrc",
+                                                            "gap_to_best_baseline"),
+                 interval: float = 10.0, total: int | None = None,
+                 baselines: dict[str, Any] | None = None) -> None:
         self.metric = metric
         self.extra = tuple(m for m in extra if m != metric)
         self.interval = interval
         self.total = total
+        self.baselines = baselines
         self._last = 0.0
         self._changed = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"metric": self.metric, "extra": self.extra, "interval": self.interval,
-                "total": self.total}
+                "total": self.total, "baselines": self.baselines}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         type(self).__init__(self, **state)
@@ -463,6 +584,10 @@ class ProgressCallback(_CallbackBase):
                          r.get(self.metric), *[r.get(m) for m in self.extra]])
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         title = f"trials: {done}/{self.total or len(trials)} finished"
+        best = (self.baselines or {}).get("best")
+        if best:
+            title += (f"; at coverage {self.baselines['coverage']:g} the strongest baseline "
+                      f"{best['name']} has {self.metric}={best['value']:.4f}")
         print_table(title, ["trial", "status", "iter", self.metric, *self.extra], rows,
                     stderr=True)
 
@@ -473,8 +598,10 @@ class ProgressCallback(_CallbackBase):
         r = trial.last_result or {}
         value = r.get(self.metric)
         text = "-" if value is None else f"{value:.4f}"
+        gap = r.get("gap_to_best_baseline")
+        vs = "" if gap is None else f" ({gap:+.4f} vs the strongest baseline)"
         print(f"[seltune] trial {trial.trial_id} finished after {r.get('training_iteration')} "
-              f"iteration(s): {self.metric}={text}", file=sys.stderr, flush=True)
+              f"iteration(s): {self.metric}={text}{vs}", file=sys.stderr, flush=True)
         self._changed = True
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -572,18 +699,27 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
             from tuning.storage_check import check_storage_reachable
 
             check_storage_reachable(spec.storage)
+        baselines = sweep_baselines(spec, bundle)
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
-                                    gpus_per_trial=spec.gpus_per_trial)
+                                    gpus_per_trial=spec.gpus_per_trial, baselines=baselines)
         if resume:
             # A URI for an experiment in object storage: Tune reads its state from there.
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        restart_errored=False)
         else:
-            searcher = build_searcher(spec.space, spec.metrics, spec.modes, spec.seed,
-                                      spec.study_storage, spec.study_name, spec.sampler,
-                                      experiment=spec.name, num_samples=spec.num_samples)
+            searcher = build_searcher(
+                spec.space, spec.metrics, spec.modes, spec.seed, spec.study_storage,
+                spec.study_name, spec.sampler, experiment=spec.name,
+                num_samples=spec.num_samples, points_to_evaluate=spec.points_to_evaluate,
+                max_coverage_gap=None if spec.coverage is None else spec.max_coverage_gap)
+            if spec.warm_start:
+                from tuning.searcher import add_history
+
+                n = add_history(searcher._study(), spec.warm_start, spec.space)
+                print(f"[seltune] warm start: {n} trial(s) of {spec.warm_start['experiment']} "
+                      f"copied into the study as history", file=sys.stderr, flush=True)
             scheduler = build_scheduler(spec.scheduler, spec.metric, spec.mode,
                                         seltune_dir(path) / ASHA_FILE)
             tuner = tune.Tuner(
@@ -605,11 +741,46 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                     callbacks=[*_loggers(spec.tensorboard), LedgerCallback(str(path)),
                                ProgressCallback(spec.metric, interval=progress_interval,
-                                                total=spec.num_samples)],
+                                                total=spec.num_samples,
+                                                baselines=baselines)],
                     verbose=0,
                 ),
             )
         tuner.fit()
+
+
+def sweep_baselines(spec: SweepSpec, bundle: Any) -> dict[str, Any] | None:
+    """The sweep's ``seltune/baselines.json``: read it, or fit it now in a Ray task.
+
+    The fit runs in a worker (which has torch preloaded) so the driver stays light; a
+    resumed sweep reuses the file. Multi-objective sweeps and experiments without an
+    operating point get none.
+    """
+    import ray
+
+    from tuning.baselines import compute_baselines
+    from tuning.experiment import BASELINES_FILE, load_baselines
+
+    if spec.coverage is None or spec.multi_objective:
+        return None
+    found = load_baselines(spec.path)
+    if found is not None:
+        return found
+    info = TRAINABLES[spec.trainable]
+    print(f"[seltune] fitting the training-free baselines at coverage {spec.coverage:g} ...",
+          file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    task = ray.remote(num_cpus=spec.cpus_per_trial)(compute_baselines)
+    device = "cpu" if spec.gpus_per_trial == 0 else spec.device
+    result = ray.get(task.remote(spec.trainable, info.bundle_kind, bundle, spec.coverage,
+                                 spec.metric, spec.mode, device))
+    path = seltune_dir(spec.path) / BASELINES_FILE
+    write_json(path, result)
+    publish(path)
+    from tuning.baselines import print_baselines
+
+    print_baselines(result, seconds=time.monotonic() - t0)
+    return result
 
 
 def run_sweep(opts: SweepOptions, *, progress_interval: float = 10.0) -> dict[str, Any]:

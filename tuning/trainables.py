@@ -48,6 +48,13 @@ class TrainableInfo:
         train_path: ``module:function`` of the training function.
         iteration_key: the metric that counts reports (``cycle`` / ``epoch``).
         checkpoint_file: the file that marks an exportable checkpoint directory.
+        reported: metrics in every report (validation side).
+        coverage_key: the config field that sets the operating point (``--coverage``).
+        default_coverage: the operating point when ``--coverage`` is not given.
+        baseline_point: the config (of searched keys) that reproduces the strongest
+            training-free baseline, enqueued as a warm start when the space searches
+            those keys (AR-GSE: a uniform gate with the plug-in rule is Plug-in[Worst];
+            Stage-1: the calibrated max-softmax exit score).
     """
 
     name: str
@@ -57,6 +64,9 @@ class TrainableInfo:
     iteration_key: str
     checkpoint_file: str
     reported: tuple[str, ...] = ()
+    coverage_key: str = "eval_coverage"
+    default_coverage: float = 0.7
+    baseline_point: tuple[tuple[str, Any], ...] = ()
 
     def reports(self, metric: str) -> bool:
         """Whether every report of this trainable carries ``metric`` (per-group
@@ -94,11 +104,11 @@ class TrainableInfo:
 
 
 #: Metrics in every report (validation side), as the core trainers write them.
-_ARGSE_METRICS = ("accuracy", "area_balanced_error", "area_worst_group_error", "augrc", "aurc",
-                  "balanced_error", "coverage", "empty_groups", "loss", "selective_error",
-                  "worst_group_error")
-_STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_error", "brier", "classwise_ece",
-                   "coverage", "ece", "empty_groups", "exit_accuracy", "gate_accuracy",
+_ARGSE_METRICS = ("accuracy", "augrc", "aurc", "balanced_area", "balanced_error", "coverage",
+                  "coverage_gap", "deployed_coverage", "empty_groups", "loss",
+                  "selective_error", "worst_group_area", "worst_group_error")
+_STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_area", "balanced_error", "brier",
+                   "classwise_ece", "coverage", "coverage_gap", "ece", "worst_group_area", "empty_groups", "exit_accuracy", "gate_accuracy",
                    "gate_ece", "loss", "nll", "risk_at_coverage", "selective_error",
                    "softmax_confidence_augrc", "softmax_confidence_coverage",
                    "softmax_confidence_risk_at_coverage", "train_loss", "uncal_brier",
@@ -107,13 +117,16 @@ _STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_error", "brier", "clas
 TRAINABLES: dict[str, TrainableInfo] = {
     "argse-selective": TrainableInfo(
         "argse-selective", "argse", "core.argse.config:SelectiveConfig", "core.argse.selective:train_selective",
-        "cycle", "gating_selective.ckpt", _ARGSE_METRICS),
+        "cycle", "gating_selective.ckpt", _ARGSE_METRICS,
+        baseline_point=(("gate", "uniform"), ("final_rule", "plugin"),
+                        ("final_fit_split", "tunev"), ("mu_objective", "worst"))),
     "argse-pretrain": TrainableInfo(
         "argse-pretrain", "argse", "core.argse.config:PretrainConfig", "core.argse.pretrain:train_pretrain",
-        "epoch", "gating_pretrained.ckpt", _ARGSE_METRICS),
+        "epoch", "gating_pretrained.ckpt", _ARGSE_METRICS, coverage_key="target_coverage"),
     "stage1": TrainableInfo(
         "stage1", "stage1", "core.stage1.config:Stage1Config", "core.stage1.train:train_stage1",
-        "epoch", "state.pt", _STAGE1_METRICS),
+        "epoch", "state.pt", _STAGE1_METRICS, default_coverage=0.8,
+        baseline_point=(("exit_score", "msp"),)),
 }
 
 
@@ -145,7 +158,8 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dict[str, Any],
-              device: str = "auto", threads: int = 1) -> None:
+              device: str = "auto", threads: int = 1,
+              baselines: dict[str, Any] | None = None) -> None:
     """The body of every trial (see the module docstring). Runs inside a Ray worker."""
     import logging
 
@@ -159,9 +173,16 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
     info = TRAINABLES[trainable]
     cfg = info.build_config({**fixed, **config}, source=f"trial config of {trainable}")
 
+    from tuning.baselines import gap
+
+    objective = (baselines or {}).get("metric")
+
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
-        tune.report(_scalar_metrics(metrics),
-                    checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        out = _scalar_metrics(metrics)
+        g = gap(out.get(objective), baselines) if objective else None
+        if g is not None:  # beside every report: how far from the strongest baseline
+            out["gap_to_best_baseline"] = g
+        tune.report(out, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     workdir = tempfile.mkdtemp(prefix="seltune-trial-")
     # Ray forwards a worker's stdout to the driver's stdout; keep that for `--json`.
@@ -181,9 +202,9 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
 def _named(trainable: str):
     """A function named after the trainable (Ray shows the name in logs and tables)."""
 
-    def fn(config, bundle=None, fixed=None, device="auto", threads=1):
+    def fn(config, bundle=None, fixed=None, device="auto", threads=1, baselines=None):
         run_trial(config, trainable=trainable, bundle=bundle, fixed=fixed or {},
-                  device=device, threads=threads)
+                  device=device, threads=threads, baselines=baselines)
 
     fn.__name__ = fn.__qualname__ = trainable.replace("-", "_")
     return fn
@@ -197,7 +218,8 @@ _FUNCTIONS = {"argse-selective": argse_selective, "argse-pretrain": argse_pretra
 
 
 def build_trainable(trainable: str, bundle: Any, fixed: dict[str, Any], *, device: str,
-                    cpus_per_trial: float, gpus_per_trial: float):
+                    cpus_per_trial: float, gpus_per_trial: float,
+                    baselines: dict[str, Any] | None = None):
     """The Tune trainable: data through the object store, resources attached.
 
     ``bundle`` is put in the object store once (``tune.with_parameters``); every trial
@@ -207,5 +229,5 @@ def build_trainable(trainable: str, bundle: Any, fixed: dict[str, Any], *, devic
 
     threads = max(1, math.floor(cpus_per_trial)) if cpus_per_trial >= 1 else 1
     fn = tune.with_parameters(_FUNCTIONS[trainable], bundle=bundle, fixed=dict(fixed),
-                              device=device, threads=threads)
+                              device=device, threads=threads, baselines=baselines)
     return tune.with_resources(fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

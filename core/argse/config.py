@@ -123,6 +123,35 @@ class SelectiveConfig:
       thresholds instead of one shared shift take it from 0.40 to 0.32.)
     - ``mu_eg_steps``/``mu_eg_step_size``: the exponentiated-gradient search of mu for
       K > 2 (Algorithm 2 of Narasimhan et al., ICLR 2024).
+
+    The operating point and the reported rule (not in the seed):
+
+    - ``eval_coverage`` (default 0.7): the coverage at which every reported metric is
+      measured and at which the exported rule operates. ``target_coverage`` /
+      ``tau_*`` stay *training* knobs (the loss, the learnt thresholds, B3's scoring);
+      after every step the deployed thresholds are shifted by one constant so that the
+      rule's coverage on ``tunev`` is ``eval_coverage``, and metrics on a split are
+      taken at exactly that coverage there (:func:`core.metrics.shift_to_coverage`).
+      Trials of one sweep share ``eval_coverage``, so none can win by rejecting more.
+    - ``final_rule="plugin"``: the reported rule's ``(alpha, mu)`` are fit on the
+      *gated* posterior with the full plug-in solver of Narasimhan et al. (Algorithm 1
+      power iteration for alpha inside Algorithm 2's exponentiated gradient for the
+      worst objective, the ``[l/2, -l/2]`` grid for mu; :func:`core.argse.baselines.fit_plugin`)
+      at ``eval_coverage`` on ``final_fit_split``, with the plug-in margin and one
+      shared threshold. ``"none"`` reports B2/B3's ``(alpha, mu)`` with per-group
+      thresholds at ``tau_k`` (then shifted to the operating point), as before.
+      The training loop (B1-B3) is the same either way.
+    - ``uniform_check``: after every step, the rule is compared on S2 (held out from
+      the gate's training) with the same solver on the *uniform* mixture, which is
+      Plug-in[Worst] / Plug-in[Balanced]; when the uniform mixture is better on the
+      ``mu_objective`` there, it is reported and exported instead (stored as a gating
+      net whose last layer is zero, i.e. uniform weights), so a trial never reports
+      less than the training-free rule it generalises.
+    - ``gate="uniform"``: no gate is trained (Stage A and B1 are skipped); with
+      ``final_rule="plugin"`` and ``final_fit_split="tunev"`` the trial is exactly
+      Plug-in[Worst] (``mu_objective="worst"``), the sweep's warm start.
+    - Temperatures are fit on all of ``tunev`` (the seed: on the gate's split); one
+      scalar per expert does not overfit, and the baselines use the same fit.
     """
 
     stageA_epochs: int = 5
@@ -162,6 +191,11 @@ class SelectiveConfig:
     fit_temperature: bool = True
     calibrate_thresholds: bool = True
     pretrain_checkpoint: str | None = None
+    eval_coverage: float = 0.7
+    final_rule: Literal["none", "plugin"] = "plugin"
+    final_fit_split: Literal["s2", "tunev"] = "tunev"
+    uniform_check: bool = True
+    gate: Literal["learned", "uniform"] = "learned"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -207,6 +241,17 @@ class SelectiveConfig:
         check_range("mu_eg_step_size", self.mu_eg_step_size, low=0.0, low_open=True)
         check_range("s1_fraction", self.s1_fraction, low=0.0, high=1.0,
                     low_open=True, high_open=True)
+        check_range("eval_coverage", self.eval_coverage, low=0.0, high=1.0, low_open=True)
+        for name, allowed in (("final_rule", ("none", "plugin")),
+                              ("final_fit_split", ("s2", "tunev")),
+                              ("gate", ("learned", "uniform")),
+                              ("margin", ("seed", "plugin")),
+                              ("alpha_update", ("seed", "paper")),
+                              ("mu_objective", ("worst", "balanced")),
+                              ("group_priors", ("experts", "uniform"))):
+            if getattr(self, name) not in allowed:
+                raise InputError(field=name, value=getattr(self, name),
+                                 expected="one of " + ", ".join(allowed))
 
     def group_targets(self, num_groups: int) -> tuple[float, ...]:
         """Target coverage per group ``[K]`` (see the class docstring)."""

@@ -46,6 +46,9 @@ class ArgsePredictor:
     expert_names: tuple[str, ...]
     device: torch.device
     source: str = "<memory>"
+    #: the operating point the checkpoint was trained for (None: older checkpoints,
+    #: judged at their own thresholds)
+    eval_coverage: float | None = None
 
     @property
     def num_experts(self) -> int:
@@ -102,7 +105,8 @@ class ArgsePredictor:
 
 def predictor_from_state(net: GatingNet, *, temperatures: Sequence[float], alpha, mu, t,
                          class_to_group, margin: str, top_k: int, expert_names: Sequence[str],
-                         device: torch.device, source: str = "<memory>") -> ArgsePredictor:
+                         device: torch.device, source: str = "<memory>",
+                         eval_coverage: float | None = None) -> ArgsePredictor:
     net = net.to(device).eval()
     return ArgsePredictor(
         net=net, temperatures=[float(x) for x in temperatures],
@@ -111,7 +115,8 @@ def predictor_from_state(net: GatingNet, *, temperatures: Sequence[float], alpha
         t=torch.as_tensor(t, dtype=torch.float32).detach().clone().cpu(),
         class_to_group=torch.as_tensor(class_to_group, dtype=torch.int64).clone().cpu(),
         margin_variant=margin, top_k=int(top_k), expert_names=tuple(expert_names),
-        device=device, source=source)
+        device=device, source=source,
+        eval_coverage=None if eval_coverage is None else float(eval_coverage))
 
 
 def predictor_from_checkpoint(ckpt: dict[str, Any], device="auto") -> ArgsePredictor:
@@ -134,7 +139,8 @@ def predictor_from_checkpoint(ckpt: dict[str, Any], device="auto") -> ArgsePredi
         class_to_group=ckpt["class_to_group"], margin=ckpt.get("margin", "seed"),
         top_k=int(ckpt.get("top_k", cfg.get("top_k", 5))),
         expert_names=ckpt.get("expert_names") or [f"expert{i}" for i in range(e)],
-        device=dev, source=ckpt.get("_file", "<memory>"))
+        device=dev, source=ckpt.get("_file", "<memory>"),
+        eval_coverage=ckpt.get("eval_coverage", cfg.get("eval_coverage")))
 
 
 def load_predictor(path: str | Path, device="auto") -> ArgsePredictor:
@@ -158,15 +164,27 @@ def check_bundle_matches(predictor: ArgsePredictor, bundle) -> None:
             expected="the bundle the checkpoint was trained on")
 
 
-def model_metrics(predictor: ArgsePredictor, bundle, split: str) -> dict[str, float]:
-    """Metrics dict (see :func:`core.argse.evaluation.selective_metrics`) on ``split``."""
+def model_metrics(predictor: ArgsePredictor, bundle, split: str,
+                  coverage: float | None = None) -> dict[str, float]:
+    """Metrics dict (see :func:`core.argse.evaluation.selective_metrics`) on ``split``.
+
+    ``coverage``: the operating point; the rule is judged at exactly that coverage on the
+    split (one threshold shift). Default: the checkpoint's ``eval_coverage``; a
+    checkpoint without one is judged at its own thresholds. ``deployed_coverage`` is
+    the coverage of the stored thresholds as they are.
+    """
     check_bundle_matches(predictor, bundle)
     logits, labels = split_tensors(bundle, split)
     pred, acc, _, conf = predictor.decide(logits)
-    return selective_metrics(conf, pred, labels, predictor.class_to_group,
-                             predictor.num_groups, accept=acc)
+    coverage = predictor.eval_coverage if coverage is None else coverage
+    out = selective_metrics(conf, pred, labels, predictor.class_to_group,
+                            predictor.num_groups, accept=acc, coverage=coverage)
+    out["deployed_coverage"] = float(acc.double().mean()) if acc.numel() else 0.0
+    return out
 
 
-def evaluate_checkpoint(path: str | Path, bundle, split: str, device="auto") -> dict[str, float]:
-    """Metrics of the checkpoint at ``path`` on ``bundle``'s ``split``."""
-    return model_metrics(load_predictor(path, device), bundle, split)
+def evaluate_checkpoint(path: str | Path, bundle, split: str, device="auto",
+                        coverage: float | None = None) -> dict[str, float]:
+    """Metrics of the checkpoint at ``path`` on ``bundle``'s ``split`` (see
+    :func:`model_metrics` for ``coverage``)."""
+    return model_metrics(load_predictor(path, device), bundle, split, coverage)

@@ -69,6 +69,7 @@ def build_pretrain_checkpoint(net, config: PretrainConfig, bundle, temperatures,
         "alpha": torch.ones(k), "mu": torch.zeros(k), "t_param": t.detach().float().cpu(),
         "margin": "seed", "hidden_dims": list(config.hidden_dims),
         "dropout": config.dropout, "top_k": config.top_k,
+        "eval_coverage": float(config.target_coverage),
     }
 
 
@@ -150,7 +151,8 @@ def train_pretrain(config: PretrainConfig, bundle, report: Report | None = None,
         log: dict[str, Any] = {"epoch": epoch + 1, "loss": float(total) / max(n_batches, 1),
                                "t": t.tolist()}
         if report is not None or epoch + 1 == config.epochs:  # val only where it is read
-            metrics = model_metrics(pred, bundle, "val")
+            # at the operating point (target_coverage; the sweep's --coverage)
+            metrics = model_metrics(pred, bundle, "val", coverage=config.target_coverage)
             metrics["loss"] = log["loss"]
             metrics["epoch"] = float(epoch + 1)
             log["val"] = dict(metrics)

@@ -8,10 +8,15 @@
 - B2: ``alpha`` on S1 (:mod:`core.argse.rules`, seed or paper variant).
 - B3: ``mu`` on S2 (grid for K = 2, EG / coordinate grid for K > 2), EMA
   ``mu <- mu_ema * mu + (1 - mu_ema) * mu_best``.
-- Thresholds for evaluation are then calibrated on all of ``tunev`` (see
-  ``SelectiveConfig.calibrate_thresholds``).
+- The reported rule (:meth:`_Run.deploy`): B2/B3's ``(alpha, mu)`` with per-group
+  thresholds at ``tau_k`` (``final_rule="none"``), or the full plug-in solver on the
+  gated posterior (``final_rule="plugin"``); kept only if it beats the uniform mixture
+  with the same solver on S2 (``uniform_check``); thresholds then shifted by one
+  constant so the rule's coverage on ``tunev`` is ``eval_coverage`` (the operating
+  point). See ``SelectiveConfig``.
 
-``val`` metrics are reported after Stage A (``cycle = 0``) and after every cycle.
+``val`` metrics are reported after Stage A (``cycle = 0``) and after every cycle, at the
+operating point (``coverage`` = ``eval_coverage`` on ``val``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from core.argse.baselines import fit_plugin
 from core.argse.checkpoint import SELECTIVE_FILE, load_checkpoint
 from core.argse.config import SelectiveConfig
 from core.argse.data import (
@@ -39,6 +45,7 @@ from core.argse.predictor import model_metrics, predictor_from_state
 from core.argse.rules import (
     MuScorer,
     calibrate_thresholds,
+    group_errors,
     search_mu,
     update_alpha_paper,
     update_alpha_seed,
@@ -57,8 +64,24 @@ from core.argse.training import (
 from core.config import config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
+from core.metrics import coverage_shift
 
 MODE = "selective_pinball"
+
+
+def uniform_gate(net: GatingNet) -> GatingNet:
+    """A copy of ``net`` whose last layer is zero: softmax weights exactly ``1/E``.
+
+    The uniform mixture expressed in the checkpoint format every consumer already
+    loads (a gating net), so nothing downstream needs a special case."""
+    import copy
+
+    out = copy.deepcopy(net)
+    last = out.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return out
 
 
 class _Run:
@@ -86,7 +109,15 @@ class _Run:
             {"params": [self.t], "weight_decay": 0.0}], lr=config.lr)
         self.alpha = torch.ones(k, device=dev)
         self.mu = torch.zeros(k, device=dev)
+        # the reported / exported rule (see deploy): may differ from B2/B3's alpha, mu
+        self.rule_alpha = torch.ones(k, device=dev)
+        self.rule_mu = torch.zeros(k, device=dev)
+        self.rule_margin: str = config.margin
+        self.rule_gate = "learned"
         self.t_eval = torch.zeros(k, device=dev)
+        self._uniform_rule: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.gate == "uniform":
+            self.net = uniform_gate(self.net)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.logs: list[dict] = []
         self.step = -1  # -1: nothing done; 0: Stage A done; c: cycle c done
@@ -175,35 +206,97 @@ class _Run:
         self.mu = (cfg.mu_ema * self.mu + (1.0 - cfg.mu_ema) * best.to(self.mu)).float()
         return {"s2_score": score, **{f"s2_error_g{g}": float(v) for g, v in enumerate(errs)}}
 
-    def calibrate(self) -> None:
-        t = self.t.detach().clone()
-        if self.cfg.calibrate_thresholds:
-            _, eta = gate_all(self.net, self.full.features, self.full.probs)
-            m, pred = margin_and_prediction(eta, self.alpha, self.mu, self.c2g, self.cfg.margin)
-            # a global target is the same tau for every group (SelectiveConfig)
-            t = calibrate_thresholds(m, self.c2g[pred], t, self.targets.tolist(),
-                                     global_target=False)
-        self.t_eval = t.float()
+    def _fit_split(self) -> PreparedSplit:
+        return self.full if self.cfg.final_fit_split == "tunev" else self.s2
+
+    def _plugin_rule(self, eta: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha, mu = fit_plugin(eta, labels, self.c2g, self.k, self.cfg.eval_coverage,
+                               self.cfg.mu_objective)
+        return alpha.to(self.dev), mu.to(self.dev)
+
+    def _uniform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plug-in rule of the uniform mixture on the fit split (fixed: fit once)."""
+        if self._uniform_rule is None:
+            fit = self._fit_split()
+            self._uniform_rule = self._plugin_rule(fit.probs.mean(dim=1), fit.labels)
+        return self._uniform_rule
+
+    def _objective_on_s2(self, eta, alpha, mu, t, margin) -> float:
+        """``mu_objective`` (worst / balanced group error) on S2 at the operating point."""
+        m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
+        z = m - t.to(m.dtype)[self.c2g[pred]]
+        acc = z > coverage_shift(z.detach().cpu().numpy(), self.cfg.eval_coverage)
+        errs = group_errors(acc.unsqueeze(1), pred != self.s2.labels, self.s2.groups, self.k)[0]
+        return float(errs.max() if self.cfg.mu_objective == "worst" else errs.mean())
+
+    def deploy(self) -> None:
+        """Set the reported rule: gate, ``(alpha, mu)``, margin and thresholds ``t_eval``
+        (module docstring, ``SelectiveConfig``)."""
+        cfg, zero = self.cfg, torch.zeros(self.k, device=self.dev)
+        if cfg.final_rule == "plugin":
+            fit = self._fit_split()
+            _, eta_fit = gate_all(self.net, fit.features, fit.probs)
+            alpha, mu = self._plugin_rule(eta_fit, fit.labels)
+            margin, t = "plugin", zero
+        else:
+            alpha, mu, margin = self.alpha, self.mu, cfg.margin
+            t = self.t.detach().clone()
+            if cfg.calibrate_thresholds:
+                _, eta = gate_all(self.net, self.full.features, self.full.probs)
+                m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
+                # a global target is the same tau for every group (SelectiveConfig)
+                t = calibrate_thresholds(m, self.c2g[pred], t, self.targets.tolist(),
+                                         global_target=False)
+        gate_kind = "uniform" if cfg.gate == "uniform" else "learned"
+        if cfg.uniform_check and gate_kind == "learned":
+            _, eta_s2 = gate_all(self.net, self.s2.features, self.s2.probs)
+            ua, umu = self._uniform()
+            gated = self._objective_on_s2(eta_s2, alpha, mu, t, margin)
+            uniform = self._objective_on_s2(self.s2.probs.mean(dim=1), ua, umu, zero, "plugin")
+            if uniform < gated:  # ties keep the learned gate
+                alpha, mu, margin, t, gate_kind = ua, umu, "plugin", zero, "uniform"
+        net = self.net if gate_kind == "learned" or cfg.gate == "uniform" \
+            else uniform_gate(self.net)
+        # the operating point: one shift so the rule's coverage on tunev is eval_coverage
+        _, eta = gate_all(net, self.full.features, self.full.probs)
+        m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
+        z = m - t.to(m.dtype)[self.c2g[pred]]
+        shift = coverage_shift(z.detach().cpu().numpy(), cfg.eval_coverage)
+        self.rule_alpha, self.rule_mu = alpha.float(), mu.float()
+        self.rule_margin, self.rule_gate = margin, gate_kind
+        self.t_eval = (t.float() + shift).float()
+
+    def rule_net(self) -> GatingNet:
+        """The gating net of the reported rule (uniform when the check chose it)."""
+        if self.rule_gate == "uniform" and self.cfg.gate != "uniform":
+            return uniform_gate(self.net)
+        return self.net
 
     # ---- checkpoints -----------------------------------------------------------------
     def predictor(self):
         return predictor_from_state(
-            self.net, temperatures=self.temps, alpha=self.alpha, mu=self.mu, t=self.t_eval,
-            class_to_group=self.c2g, margin=self.cfg.margin, top_k=self.cfg.top_k,
-            expert_names=self.bundle.expert_names, device=self.dev)
+            self.rule_net(), temperatures=self.temps, alpha=self.rule_alpha, mu=self.rule_mu,
+            t=self.t_eval, class_to_group=self.c2g, margin=self.rule_margin,
+            top_k=self.cfg.top_k, expert_names=self.bundle.expert_names, device=self.dev)
 
     def checkpoint(self) -> dict:
         b, e = self.bundle, self.bundle.num_experts
         return {
-            "gating_net_state_dict": {n: v.detach().cpu() for n, v in self.net.state_dict().items()},
+            "gating_net_state_dict": {n: v.detach().cpu()
+                                      for n, v in self.rule_net().state_dict().items()},
             "num_experts": e, "num_classes": b.num_classes, "num_groups": self.k,
             "gating_feature_dim": gating_feature_dim(e), "config": config_to_dict(self.cfg),
-            "alpha": self.alpha.detach().float().cpu(), "mu": self.mu.detach().float().cpu(),
+            "alpha": self.rule_alpha.detach().float().cpu(),
+            "mu": self.rule_mu.detach().float().cpu(),
             "t_param": self.t_eval.detach().float().cpu(),
             "t_learned": self.t.detach().float().cpu(),
+            "alpha_train": self.alpha.detach().float().cpu(),
+            "mu_train": self.mu.detach().float().cpu(),
+            "gate": self.rule_gate, "eval_coverage": float(self.cfg.eval_coverage),
             "pi_by_group": self.pi.detach().cpu(),
             "temperatures": {n: float(x) for n, x in zip(b.expert_names, self.temps)},
-            "cycle_logs": self.logs, "mode": MODE, "margin": self.cfg.margin,
+            "cycle_logs": self.logs, "mode": MODE, "margin": self.rule_margin,
             "expert_names": list(b.expert_names), "class_to_group": self.c2g.cpu(),
             "targets": self.targets.tolist(), "hidden_dims": list(self.cfg.hidden_dims),
             "dropout": self.cfg.dropout, "top_k": self.cfg.top_k,
@@ -213,6 +306,8 @@ class _Run:
         return {"net": {n: v.detach().cpu() for n, v in self.net.state_dict().items()},
                 "optimizer": self.opt.state_dict(), "t": self.t.detach().cpu(),
                 "alpha": self.alpha.cpu(), "mu": self.mu.cpu(), "t_eval": self.t_eval.cpu(),
+                "rule": {"alpha": self.rule_alpha.cpu(), "mu": self.rule_mu.cpu(),
+                         "margin": self.rule_margin, "gate": self.rule_gate},
                 "rng": rng, "step": self.step, "logs": self.logs,
                 "temperatures": self.temps, "config": config_to_dict(self.cfg)}
 
@@ -225,6 +320,10 @@ class _Run:
         self.alpha = st["alpha"].to(self.dev)
         self.mu = st["mu"].to(self.dev)
         self.t_eval = st["t_eval"].to(self.dev)
+        rule = st.get("rule")
+        if rule is not None:
+            self.rule_alpha, self.rule_mu = rule["alpha"].to(self.dev), rule["mu"].to(self.dev)
+            self.rule_margin, self.rule_gate = rule["margin"], rule["gate"]
         self.logs = st["logs"]
         self.step = st["step"]
         set_rng_state(self.gen, st["rng"])
@@ -283,7 +382,8 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
     torch.manual_seed(config.seed)
     temps = [1.0] * bundle.num_experts
     if config.fit_temperature and state is None:
-        temps = fit_temperatures(logits[idx1], labels[idx1])
+        # all of tunev (SelectiveConfig): one scalar per expert, as the baselines fit it
+        temps = fit_temperatures(logits, labels)
     # Build the run (net init draws from the seeded global RNG), then the warm start.
     placeholder = PreparedSplit(*(torch.empty(0),) * 4)
     run = _Run(config, bundle, dev, temps, placeholder, placeholder, placeholder)
@@ -307,13 +407,16 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
     def finish_step(step: int, log: dict) -> None:
         nonlocal last_dir, metrics
         run.step = step
-        run.calibrate()
-        log.update({"cycle": step, "alpha": run.alpha.tolist(), "mu": run.mu.tolist(),
-                    "t": run.t_eval.tolist(), "t_learned": run.t.detach().tolist()})
+        run.deploy()
+        log.update({"cycle": step, "alpha": run.rule_alpha.tolist(), "mu": run.rule_mu.tolist(),
+                    "t": run.t_eval.tolist(), "t_learned": run.t.detach().tolist(),
+                    "alpha_train": run.alpha.tolist(), "mu_train": run.mu.tolist(),
+                    "gate": run.rule_gate, "rule_margin": run.rule_margin})
         if report is not None or step == config.cycles:
             # val metrics only where someone reads them (a report, the result): the
-            # loop itself never looks at val
-            metrics = model_metrics(run.predictor(), bundle, "val")
+            # loop itself never looks at val; they are taken at the operating point
+            metrics = model_metrics(run.predictor(), bundle, "val",
+                                    coverage=config.eval_coverage)
             metrics["loss"] = log["loss"]
             metrics["cycle"] = float(step)
             log["val"] = dict(metrics)
@@ -328,13 +431,14 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
                 writer.reported(written)
                 set_rng_state(run.gen, rng)
 
+    train_gate = config.gate == "learned"
     if run.step < 0:
-        losses = [run.stage_a_epoch() for _ in range(config.stageA_epochs)]
+        losses = [run.stage_a_epoch() for _ in range(config.stageA_epochs if train_gate else 0)]
         run.init_thresholds()
         finish_step(0, {"stage": "A", "loss": losses[-1] if losses else float("nan")})
     for cycle in range(run.step + 1, config.cycles + 1):
         parts: dict[str, float] = {}
-        for _ in range(config.b1_epochs):
+        for _ in range(config.b1_epochs if train_gate else 0):
             parts = run.b1_epoch()
         run.b2()
         b3 = run.b3()
@@ -347,7 +451,7 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         config=config, metrics=metrics, checkpoint_dir=str(last_dir),
         checkpoint_file=str(Path(last_dir) / SELECTIVE_FILE),
         temperatures=dict(zip(bundle.expert_names, map(float, run.temps))), logs=run.logs,
-        alpha=run.alpha.tolist(), mu=run.mu.tolist(), t=run.t_eval.tolist())
+        alpha=run.rule_alpha.tolist(), mu=run.rule_mu.tolist(), t=run.t_eval.tolist())
 
 
 __all__ = ["MODE", "train_selective"]

@@ -22,7 +22,12 @@ from core.metrics.groups import (
     group_selective_report,
 )
 from core.metrics.names import METRIC_DIRECTIONS, metric_direction
-from core.metrics.operating_point import check_coverage, coverage_gap, shift_to_coverage
+from core.metrics.operating_point import (
+    check_coverage,
+    coverage_gap,
+    coverage_shift,
+    shift_to_coverage,
+)
 from core.metrics.risk_coverage import (
     RiskCoverageCurve,
     augrc,
@@ -45,6 +50,7 @@ __all__ = [
     "classwise_ece",
     "coverage_at_risk",
     "coverage_gap",
+    "coverage_shift",
     "ece",
     "group_error_curves",
     "group_selective_report",

@@ -20,7 +20,7 @@ import numpy as np
 from core.errors import InputError
 from core.metrics.risk_coverage import _confidences
 
-__all__ = ["check_coverage", "coverage_gap", "shift_to_coverage"]
+__all__ = ["check_coverage", "coverage_gap", "coverage_shift", "shift_to_coverage"]
 
 
 def check_coverage(coverage: Any, field: str = "coverage") -> float:
@@ -34,28 +34,33 @@ def check_coverage(coverage: Any, field: str = "coverage") -> float:
     return value
 
 
-def shift_to_coverage(confidence: Any, coverage: float) -> np.ndarray:
-    """``confidence [N] - s`` with ``s`` chosen so that ``round(coverage · N)`` are ``> 0``.
+def coverage_shift(confidence: Any, coverage: float) -> float:
+    """The constant ``s`` such that ``round(coverage · N)`` of ``confidence [N]`` are ``> s``.
 
     ``s`` is the midpoint between the ``n``-th and ``(n+1)``-th largest confidence
-    (``n = round(coverage · N)``, at least 1), so the shifted values keep their order
-    and distances. Returns float64 ``[N]``.
+    (``n = round(coverage · N)``, at least 1); below the smallest one at ``n = N``.
+    A threshold rule ``accept iff m > t`` operates at the coverage with ``t + s``.
     """
-    conf = _confidences(confidence)
+    conf = _confidences(confidence).astype(np.float64)
     c = check_coverage(coverage)
     n_all = conf.size
     if n_all == 0:
-        return conf.astype(np.float64)
-    n = min(max(int(round(c * n_all)), 1), n_all)
+        return 0.0
+    n = min(max(round(c * n_all), 1), n_all)
     desc = np.sort(conf)[::-1]
     if n == n_all:
-        shift = desc[-1] - 1.0
-    else:
-        hi, lo = desc[n - 1], desc[n]
-        # equal values straddle the cut: the whole tie block goes one way (rejected,
-        # since ``> 0`` fails for it), which coverage_gap reports
-        shift = (hi + lo) / 2.0 if hi > lo else hi
-    return conf.astype(np.float64) - shift
+        return float(desc[-1] - 1.0)
+    hi, lo = desc[n - 1], desc[n]
+    # equal values straddle the cut: the whole tie block goes one way (rejected, since
+    # ``> s`` fails for it), which coverage_gap reports
+    return float((hi + lo) / 2.0 if hi > lo else hi)
+
+
+def shift_to_coverage(confidence: Any, coverage: float) -> np.ndarray:
+    """``confidence [N] - coverage_shift(confidence, coverage)``, float64 ``[N]``: exactly
+    ``round(coverage · N)`` values are ``> 0`` (ties aside); order and distances kept."""
+    conf = _confidences(confidence).astype(np.float64)
+    return conf - coverage_shift(conf, coverage)
 
 
 def coverage_gap(accept: Any, coverage: float) -> float:

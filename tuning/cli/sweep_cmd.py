@@ -1,8 +1,8 @@
 """``seltune sweep | resume | export | status``: the tuning commands.
 
 ``seltune sweep`` with no arguments runs the embedded default sweep (argse-selective,
-its default space, the default synthetic bundle, a shortened schedule); ``seltune``
-with no command at all does the same.
+its default space, the default synthetic bundle, at the default operating point);
+``seltune`` with no command prints the help.
 """
 
 from __future__ import annotations
@@ -70,6 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="fix a config key for every trial (repeatable; "
                    "removes it from the search if it was searched)")
+    p.add_argument("--coverage", type=float,
+                   help="the operating point: every trial is judged at this coverage "
+                   "(default 0.7 for argse-*, 0.8 for stage1); target_coverage/tau_* "
+                   "stay training knobs")
+    p.add_argument("--max-coverage-gap", type=float, default=0.02,
+                   help="a trial whose realised coverage misses --coverage by more is "
+                   "infeasible (never best; told to Optuna as a constraint)")
+    p.add_argument("--enqueue", metavar="FILE", help="JSON/YAML list of configs to "
+                   "evaluate first (after the defaults and the baseline-reproducing one)")
+    p.add_argument("--warm-start", metavar="EXPERIMENT", help="copy a finished sweep's "
+                   "trials into this study as history")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in every trial directory "
                         "(tensorboard --logdir EXPERIMENT)")
@@ -123,6 +134,8 @@ def sweep_options(args: argparse.Namespace, default_run: bool = False):
         study_storage=args.study_storage, max_failures=args.max_failures,
         sampler=args.sampler, tensorboard=args.tensorboard,
         overrides=list(args.overrides), default_run=default_run,
+        coverage=args.coverage, max_coverage_gap=args.max_coverage_gap,
+        enqueue=args.enqueue, warm_start=args.warm_start,
     )
 
 
@@ -147,7 +160,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         # The embedded default: a shortened selective schedule so it ends in minutes.
         args.overrides = [f"{k}={v}" for k, v in DEFAULT_SWEEP_FIXED.items()]
         print("[seltune] no --data/--space/--num-samples: running the default sweep "
-              "(argse-selective, default space, synthetic bundle, short schedule)",
+              "(argse-selective, default space, synthetic bundle, coverage 0.7)",
               file=sys.stderr)
     with stdout_to_stderr(args.json):
         status = run_sweep(sweep_options(args, default_run=default))

@@ -51,7 +51,7 @@ def test_status_shape_counts_and_best(experiment):
     assert st["best"]["metrics"]["worst_group_error"] == 0.25
     assert [t["trial_id"] for t in st["trials"]] == ["aaa", "bbb", "ccc", "ddd"]
     first = st["trials"][0]
-    assert set(first) == {"trial_id", "status", "config", "metrics", "iterations"}
+    assert set(first) == {"trial_id", "status", "config", "metrics", "iterations", "feasible"}
     assert first["metrics"]["training_iteration"] == 3 and first["iterations"] == 3
     assert st["trials"][3]["metrics"] == {}
 

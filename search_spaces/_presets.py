@@ -9,6 +9,8 @@ dataclasses, checked by the tuning layer with ``validate(known_keys=...)``).
   ``target_coverage``; for per-group targets write a file with ``tau_head`` /
   ``tau_tail`` and no ``target_coverage`` (see
   ``search_spaces/examples/argse_selective_per_group.yaml``).
+- ``argse-selective-seed``: the same trainable with the seed's rule (seed margin and
+  alpha update, B2/B3's own alpha and mu reported, no uniform check), the seed's space.
 - ``argse-pretrain``: the gating network's pre-training.
 - ``stage1``: the Stage-1 exit gate; SelectiveNet's ``sn_lambda`` / ``sn_alpha`` exist
   only with ``loss == "selectivenet"``, ``gate_weight`` only with ``loss == "bce"``,
@@ -21,18 +23,19 @@ from importlib import resources
 
 from search_spaces._space import SearchSpace
 
-PRESET_NAMES = ("argse-selective", "argse-pretrain", "stage1")
+PRESET_NAMES = ("argse-selective", "argse-selective-seed", "argse-pretrain", "stage1")
 
 
 def _load(name: str) -> SearchSpace:
     text = resources.files("search_spaces").joinpath("presets", f"{name}.json").read_text("utf-8")
     space = SearchSpace.from_json(text, source=f"preset {name}")
-    if space.trainable != name:  # a preset is named after its trainable
+    if name != space.trainable and not name.startswith(f"{space.trainable}-"):
+        # a preset is named after its trainable (a variant: TRAINABLE-VARIANT)
         raise RuntimeError(f"preset {name} declares trainable {space.trainable!r}")
     return space
 
 
-#: Preset name -> space; keys exactly ``argse-selective``, ``argse-pretrain``, ``stage1``.
+#: Preset name -> space (the names of :data:`PRESET_NAMES`).
 PRESETS: dict[str, SearchSpace] = {name: _load(name) for name in PRESET_NAMES}
 
 

@@ -143,8 +143,9 @@ class SelectiveConfig:
       The training loop (B1-B3) is the same either way.
     - ``uniform_check``: after every step, the rule is compared on S2 (held out from
       the gate's training) with the same solver on the *uniform* mixture, which is
-      Plug-in[Worst] / Plug-in[Balanced]; when the uniform mixture is better on the
-      ``mu_objective`` there, it is reported and exported instead (stored as a gating
+      Plug-in[Worst] / Plug-in[Balanced]; unless the learned gate is better on the
+      ``mu_objective`` there and no worse on its area over rejection rates [0, 0.8],
+      the uniform mixture is reported and exported instead (stored as a gating
       net whose last layer is zero, i.e. uniform weights), so a trial never reports
       less than the training-free rule it generalises.
     - ``gate="uniform"``: no gate is trained (Stage A and B1 are skipped); with

@@ -64,7 +64,7 @@ from core.argse.training import (
 from core.config import config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
-from core.metrics import coverage_shift
+from core.metrics import area_under_group_curves, coverage_shift, group_error_curves
 
 MODE = "selective_pinball"
 
@@ -222,13 +222,20 @@ class _Run:
             self._uniform_rule = self._plugin_rule(fit.probs.mean(dim=1), fit.labels)
         return self._uniform_rule
 
-    def _objective_on_s2(self, eta, alpha, mu, t, margin) -> float:
-        """``mu_objective`` (worst / balanced group error) on S2 at the operating point."""
+    def _scores_on_s2(self, eta, alpha, mu, t, margin) -> tuple[float, float]:
+        """``(mu_objective at the operating point, its area over rejection rates [0, 0.8])``
+        on S2: worst-group (or balanced) error and the matching area."""
         m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
-        z = m - t.to(m.dtype)[self.c2g[pred]]
-        acc = z > coverage_shift(z.detach().cpu().numpy(), self.cfg.eval_coverage)
-        errs = group_errors(acc.unsqueeze(1), pred != self.s2.labels, self.s2.groups, self.k)[0]
-        return float(errs.max() if self.cfg.mu_objective == "worst" else errs.mean())
+        z = (m - t.to(m.dtype)[self.c2g[pred]]).detach().cpu().numpy()
+        acc = torch.from_numpy(z > coverage_shift(z, self.cfg.eval_coverage))
+        labels, groups = self.s2.labels.cpu(), self.s2.groups.cpu()
+        errs = group_errors(acc.unsqueeze(1), pred.cpu() != labels, groups, self.k)[0]
+        curves = group_error_curves(z, pred.cpu().numpy(), labels.numpy(), groups.numpy(),
+                                    self.k)
+        areas = area_under_group_curves(curves)
+        if self.cfg.mu_objective == "worst":
+            return float(errs.max()), areas["worst_group_area"]
+        return float(errs.mean()), areas["balanced_area"]
 
     def deploy(self) -> None:
         """Set the reported rule: gate, ``(alpha, mu)``, margin and thresholds ``t_eval``
@@ -252,9 +259,11 @@ class _Run:
         if cfg.uniform_check and gate_kind == "learned":
             _, eta_s2 = gate_all(self.net, self.s2.features, self.s2.probs)
             ua, umu = self._uniform()
-            gated = self._objective_on_s2(eta_s2, alpha, mu, t, margin)
-            uniform = self._objective_on_s2(self.s2.probs.mean(dim=1), ua, umu, zero, "plugin")
-            if uniform < gated:  # ties keep the learned gate
+            gated = self._scores_on_s2(eta_s2, alpha, mu, t, margin)
+            uniform = self._scores_on_s2(self.s2.probs.mean(dim=1), ua, umu, zero, "plugin")
+            # the learned gate stays only if it beats the uniform mixture at the operating
+            # point without losing on the coverage-free area
+            if not (gated[0] < uniform[0] and gated[1] <= uniform[1]):
                 alpha, mu, margin, t, gate_kind = ua, umu, "plugin", zero, "uniform"
         net = self.net if gate_kind == "learned" or cfg.gate == "uniform" \
             else uniform_gate(self.net)

@@ -28,7 +28,8 @@ CONFIG_FIELDS = {
         "top_k kappa target_coverage tau_head tau_tail tau_groups lambda_q lambda_cov lambda_H "
         "lambda_GA beta_tail gamma alpha_min alpha_max alpha_update alpha_steps mu_objective "
         "mu_ema mu_grid_points mu_grid_range margin group_priors s1_fraction fit_temperature "
-        "pretrain_checkpoint seed").split(),
+        "pretrain_checkpoint eval_coverage final_rule final_fit_split uniform_check gate "
+        "seed").split(),
     "argse-pretrain": (
         "epochs batch_size lr weight_decay grad_clip hidden_dims dropout top_k balanced_training "
         "use_freq_weighting freq_smoothing tail_weight entropy_penalty diversity_penalty "
@@ -41,10 +42,15 @@ CONFIG_FIELDS = {
 }
 
 
-def test_preset_keys_are_exactly_the_three_trainables():
-    assert set(PRESETS) == {"argse-selective", "argse-pretrain", "stage1"}
+def _trainable(preset: str) -> str:
+    return "argse-selective" if preset == "argse-selective-seed" else preset
+
+
+def test_preset_keys_are_the_three_trainables_and_the_seed_variant():
+    assert set(PRESETS) == {"argse-selective", "argse-selective-seed", "argse-pretrain",
+                            "stage1"}
     for name, space in PRESETS.items():
-        assert space.trainable == name
+        assert space.trainable == _trainable(name)
         assert get_preset(name) is space
         assert load_space(name) is space
     with pytest.raises(SpaceError, match=r"^--space: value 'stage-1': no such preset: expected one of"):
@@ -53,21 +59,32 @@ def test_preset_keys_are_exactly_the_three_trainables():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_validate_against_config_fields(name):
-    PRESETS[name].validate(known_keys=CONFIG_FIELDS[name], source=name)
-    load_space(name, trainable=name, known_keys=CONFIG_FIELDS[name])
-    other = next(n for n in CONFIG_FIELDS if n != name)
+    trainable = _trainable(name)
+    PRESETS[name].validate(known_keys=CONFIG_FIELDS[trainable], source=name)
+    load_space(name, trainable=trainable, known_keys=CONFIG_FIELDS[trainable])
+    other = next(n for n in CONFIG_FIELDS if n != trainable)
     with pytest.raises(SpaceError, match="space is for another trainable"):
         load_space(name, trainable=other)
 
 
 def test_preset_contents_match_the_brief():
     sel = PRESETS["argse-selective"]
-    assert set(sel.names) == {"target_coverage", "kappa", "lambda_q", "lambda_cov", "lambda_H",
-                              "lambda_GA", "beta_tail", "gamma", "margin", "lr", "weight_decay",
-                              "batch_size"}
-    assert sel["kappa"] == Float("kappa", 5, 100, log=True)
-    assert sel["margin"] == Categorical("margin", ("seed", "plugin"))
+    # the gate is a choice (uniform = Plug-in[Worst]); every training knob exists only
+    # for a learned gate; the operating point is never searched
+    assert set(sel.names) == {"gate", "target_coverage", "kappa", "lambda_q", "lambda_cov",
+                              "lambda_H", "lambda_GA", "beta_tail", "gamma", "lr",
+                              "weight_decay", "batch_size"}
+    assert sel["gate"] == Categorical("gate", ("learned", "uniform"))
+    assert all(p.condition is not None and p.condition.values == ("learned",)
+               for p in sel if p.name != "gate")
+    assert sel["kappa"].low == 5 and sel["kappa"].high == 100 and sel["kappa"].log
     assert sel["batch_size"].choices == (64, 128, 256, 512)
+    seed = PRESETS["argse-selective-seed"]
+    assert seed["kappa"] == Float("kappa", 5, 100, log=True)
+    assert seed["margin"] == Categorical("margin", ("seed", "plugin"))
+    assert seed.fixed == {"final_rule": "none", "uniform_check": False, "alpha_update": "seed",
+                          "gate": "learned"}
+    assert "eval_coverage" not in sel.names and "eval_coverage" not in seed.names
     assert set(PRESETS["argse-pretrain"].names) == {"lr", "weight_decay", "diversity_penalty",
                                                     "entropy_penalty", "freq_smoothing", "batch_size"}
     s1 = PRESETS["stage1"]
@@ -79,8 +96,9 @@ def test_preset_contents_match_the_brief():
         "odir_mu": ("calibrator", ("matrix", "dirichlet")),
     }
     assert s1["calibrator"].choices == ("temperature", "vector", "matrix", "dirichlet")
-    for space in PRESETS.values():
-        assert space.fixed == {}
+    for name, space in PRESETS.items():
+        if name != "argse-selective-seed":
+            assert space.fixed == {}
 
 
 def _real_config_classes():
@@ -90,7 +108,8 @@ def _real_config_classes():
         from core.stage1.config import Stage1Config
     except ImportError:
         return None
-    return {"argse-selective": SelectiveConfig, "argse-pretrain": PretrainConfig, "stage1": Stage1Config}
+    return {"argse-selective": SelectiveConfig, "argse-selective-seed": SelectiveConfig,
+            "argse-pretrain": PretrainConfig, "stage1": Stage1Config}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -119,8 +138,8 @@ def test_example_per_group_yaml_loads():
     assert "target_coverage" not in space.names
     assert {"tau_head", "tau_tail"} <= set(space.names)
     assert space["lr"] == Float("lr", 1e-4, 1e-2, log=True)
-    # Everything else matches the preset.
-    preset = PRESETS["argse-selective"]
+    # Everything else matches the seed's preset (the unconditional space).
+    preset = PRESETS["argse-selective-seed"]
     for name in set(preset.names) - {"target_coverage"}:
         assert space[name] == preset[name], name
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from core.argse.data import class_to_group_tensor, split_tensors
 from core.argse.evaluation import selective_metrics
 from core.argse.margins import GroupedPosterior, batched_margins, grouped_margin_and_prediction
-from core.argse.rules import MuScorer, _coordinate_search, group_errors, lambda_grid
+from core.argse.rules import MuScorer, _coordinate_search, group_errors, lambda_grid, quantile
 from core.argse.temperature import apply_temperatures, fit_temperatures
 
 BASELINE_NAMES = ("chow:mixture", "plugin_balanced", "plugin_worst")
@@ -39,7 +39,7 @@ def coverage_confidence(score: torch.Tensor, coverage: float) -> torch.Tensor:
     score = score.double()
     if coverage >= 1.0:
         return score - (score.min() - 1e-9)
-    return score - torch.quantile(score, 1.0 - coverage)
+    return score - quantile(score, 1.0 - coverage)
 
 
 def _batched_margins(gp: GroupedPosterior, alpha: torch.Tensor, mu: torch.Tensor
@@ -64,7 +64,7 @@ def _accept_cols(m: torch.Tensor, coverage: float) -> torch.Tensor:
     """Per column, accept the ``coverage`` fraction with the largest margin."""
     if coverage >= 1.0:
         return torch.ones_like(m, dtype=torch.bool)
-    return m > torch.quantile(m, 1.0 - coverage, dim=0, keepdim=True)
+    return m > quantile(m, 1.0 - coverage, dim=0, keepdim=True)
 
 
 def _power_alpha(gp: GroupedPosterior, groups, k, mus, beta, coverage, iters) -> torch.Tensor:

@@ -305,3 +305,18 @@ def test_baselines_at_c1000_equal_direct():
             ref = B.selective_metrics(B.coverage_confidence(m, cov), pred, labels, c2g, k)
             assert got[f"plugin_{objective}"] == pytest.approx(ref, rel=1e-12, abs=1e-12)
     assert time.perf_counter() - start < 30  # ~8 s on one core
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantile_is_torch_quantile_bit_for_bit(dtype):
+    g = torch.Generator().manual_seed(0)
+    for n, m in ((1, 1), (2, 3), (7, 1), (1000, 41), (999, 5)):
+        x = torch.randn(n, m, generator=g).to(dtype)
+        x[: n // 3] = x[0]  # ties
+        for q in (0.0, 0.3, 0.5, 0.44, 1.0 - 0.56, 0.999, 1.0):
+            for keepdim in (False, True):
+                assert torch.equal(R.quantile(x, q, 0, keepdim),
+                                   torch.quantile(x, q, dim=0, keepdim=keepdim))
+            assert torch.equal(R.quantile(x[:, 0], q), torch.quantile(x[:, 0], q))
+    x = torch.tensor([1.0, float("nan"), 2.0], dtype=dtype)
+    assert torch.isnan(R.quantile(x, 0.5))  # NaN handling is torch's

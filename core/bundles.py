@@ -7,7 +7,8 @@ Two kinds of bundle, both a directory::
 
 * **Expert-logit bundle** (``kind = "argse"``), splits ``tunev``, ``val``, ``test``:
   columns ``label`` (int64) and ``logits`` (Arrow canonical extension type
-  ``fixed_shape_tensor(float32, [E, C])``). The manifest holds the expert names, the
+  ``fixed_shape_tensor(float32, [E, C])``, or ``float16`` when the bundle was built
+  from float16 logits: half the disk and memory; trainers compute in float32). The manifest holds the expert names, the
   *training* ``class_counts`` of the experts, ``class_to_group`` and the count
   ``group_boundaries`` the groups were derived from.
 * **Feature bundle** (``kind = "stage1"``), splits ``train``, ``val``, ``test``:
@@ -75,12 +76,22 @@ def _as_float32(values: Any) -> Any:
     return arr
 
 
+def _as_logits(values: Any) -> Any:
+    """float16 kept as is (half the memory and disk; compute upcasts per split, see
+    ``core.argse.data.split_tensors``), any other float as float32."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float16):
+        return arr.astype(np.float32)
+    return arr
+
+
 @dataclass(frozen=True)
 class ExpertSplit:
     """One split of an expert-logit bundle.
 
     Attributes:
-        logits: ``[N, E, C]`` float32, raw (pre-softmax) logits of every expert.
+        logits: ``[N, E, C]`` float32 or float16 (stored as such on disk; compute is
+            float32), raw (pre-softmax) logits of every expert.
         labels: ``[N]`` int64 true classes in ``[0, C)``.
     """
 
@@ -88,7 +99,7 @@ class ExpertSplit:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "logits", _as_float32(self.logits))
+        object.__setattr__(self, "logits", _as_logits(self.logits))
         object.__setattr__(self, "labels", _as_labels(self.labels))
 
     def __len__(self) -> int:
@@ -435,14 +446,17 @@ def _validate_feature(b: FeatureBundle, src: str) -> None:
 
 
 def _tensor_column(values: np.ndarray):
-    """An Arrow ``fixed_shape_tensor`` column from ``[N, *shape]`` float32 (no copy)."""
+    """An Arrow ``fixed_shape_tensor`` column from ``[N, *shape]`` float32 or float16
+    (no copy when already contiguous); other dtypes are written as float32."""
     import pyarrow as pa
 
-    values = np.ascontiguousarray(values, dtype=np.float32)
+    dtype = np.float16 if np.asarray(values).dtype == np.float16 else np.float32
+    values = np.ascontiguousarray(values, dtype=dtype)
     shape = list(values.shape[1:])
     width = int(np.prod(shape))
     storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
-    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), shape), storage)
+    value_type = pa.float16() if dtype == np.float16 else pa.float32()
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, shape), storage)
 
 
 def _write_table(columns: dict[str, Any], path: Path) -> None:

@@ -310,3 +310,42 @@ def test_group_boundaries_errors():
     for bad in ((), (100, 20), (20, 20), (-1,)):
         with pytest.raises(InputError, match="group_boundaries"):
             class_to_group_from_counts(counts, boundaries=bad)
+
+
+def test_float16_logits_stay_float16_on_disk_and_in_memory(tmp_path):
+    b = make_expert_bundle()
+    half = ExpertBundle(b.expert_names, b.class_counts, b.class_to_group,
+                        {n: ExpertSplit(s.logits.astype(np.float16), s.labels)
+                         for n, s in b.splits.items()})
+    assert half.splits["tunev"].logits.dtype == np.float16  # not upcast in memory
+    out16 = save_bundle(half, tmp_path / "b16")
+    out32 = save_bundle(b, tmp_path / "b32")
+    size = {o: (o / "test.parquet").stat().st_size for o in (out16, out32)}
+    assert size[out16] < 0.7 * size[out32]
+    got = load_bundle(out16)
+    for name, split in half.splits.items():
+        assert got.splits[name].logits.dtype == np.float16
+        np.testing.assert_array_equal(got.splits[name].logits, split.logits)
+    # other float widths are still stored as float32
+    b64 = ExpertBundle(b.expert_names, b.class_counts, b.class_to_group,
+                       {n: ExpertSplit(s.logits.astype(np.float64), s.labels)
+                        for n, s in b.splits.items()})
+    assert b64.splits["val"].logits.dtype == np.float32
+
+
+def test_split_tensors_share_float32_and_upcast_float16(tmp_path):
+    import torch
+
+    from core.argse.data import split_tensors
+
+    b = load_bundle(save_bundle(make_expert_bundle(), tmp_path / "b"))
+    logits, labels = split_tensors(b, "val")
+    assert logits.dtype == torch.float32 and labels.dtype == torch.int64
+    assert logits.data_ptr() == b.splits["val"].logits.ctypes.data  # no copy
+    assert labels.data_ptr() == b.splits["val"].labels.ctypes.data
+    half = ExpertBundle(b.expert_names, b.class_counts, b.class_to_group,
+                        {n: ExpertSplit(s.logits.astype(np.float16), s.labels)
+                         for n, s in b.splits.items()})
+    lg16, _ = split_tensors(half, "val")
+    assert lg16.dtype == torch.float32
+    np.testing.assert_array_equal(lg16.numpy(), half.splits["val"].logits.astype(np.float32))

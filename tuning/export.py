@@ -16,7 +16,15 @@ Written atomically into ``DIR``::
                        core evaluation functions (``seltune evaluate`` gives the same)
     pareto.json        multi-objective sweeps: the Pareto front (trial, config, values),
                        with each front trial's checkpoint in pareto/<trial_id>/
+    predictor.pt       a TorchScript module holding the whole rule, usable without
+                       seltune (AR-GSE: expert logits [N, E, C] -> (class, accept,
+                       margin); Stage-1: features [N, D] -> (class, exit, probs))
     report.html        self-contained report (images embedded), PNGs in report/
+
+``--format argse-repo`` (part of the default ``both``) adds
+``metrics.json["compat"]["argse_repo"]``: the decisions the AR-GSE repository's own
+rule makes with this checkpoint (:mod:`core.argse.compat`), their agreement with
+seltune's on val and test, both sets of metrics and why they differ; one line on stderr.
 
 Selection: among trials that ran to their end (if any did, else all trials), the
 (trial, iteration) with the best value of ``--metric`` over every reported iteration,
@@ -177,10 +185,36 @@ def checkpoint_metrics(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
     return out
 
 
+EXPORT_FORMATS = ("both", "seltune", "argse-repo")
+
+
+def _portable_and_compat(spec: SweepSpec, bundle: Any, ckpt: Path, tmp: Path,
+                         result: dict[str, Any], fmt: str) -> None:
+    """``predictor.pt`` and, for AR-GSE with ``fmt`` both/argse-repo, the compat report."""
+    from tuning.trainables import TRAINABLES
+
+    if spec.trainable == "stage1":
+        from core.stage1.portable import write_portable_predictor
+
+        write_portable_predictor(ckpt, tmp / "predictor.pt")
+        return
+    from core.argse.compat import argse_repo_report, report_line
+    from core.argse.portable import write_portable_predictor as write_argse_predictor
+
+    ckpt_file = ckpt / TRAINABLES[spec.trainable].checkpoint_file
+    write_argse_predictor(ckpt_file, tmp / "predictor.pt")
+    if fmt in ("both", "argse-repo"):
+        report = argse_repo_report(ckpt_file, bundle, splits=("val", "test"))
+        result.setdefault("compat", {})["argse_repo"] = report
+        print(f"[seltune] {report_line(report)}", file=sys.stderr, flush=True)
+
+
 def export(experiment: str, out: str, *, metric: str | None = None, mode: str | None = None,
            storage: str | None = None, device: str = "cpu",
-           overwrite: bool = False) -> dict[str, Any]:
+           overwrite: bool = False, fmt: str = "both") -> dict[str, Any]:
     """Export the best trial of ``experiment`` into ``out`` (module docstring)."""
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(field="--format", value=fmt, expected="one of " + ", ".join(EXPORT_FORMATS))
     from core.atomic import atomic_dir, check_output_path
     from tuning.cli.output import to_jsonable
     from tuning.sweep import load_checked_bundle, parse_metrics
@@ -224,8 +258,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         result["verdict"] = verdicts({s: result[s] for s in ("val", "test") if s in result},
                                      result.get("baselines", {}), sel_metric, sel_mode,
                                      spec.coverage)
-        for line in result["verdict"]:
-            print(f"[seltune] {line}", file=sys.stderr, flush=True)
+        _portable_and_compat(spec, bundle, ckpt, tmp, result, fmt)
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
             json.dumps(to_jsonable(result), indent=2, allow_nan=False))

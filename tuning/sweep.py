@@ -97,6 +97,16 @@ class SweepOptions:
     max_coverage_gap: float = 0.02
     enqueue: str | None = None
     warm_start: str | None = None
+    compat: str | None = None
+
+
+#: ``--compat argse-repo``: the keys fixed so that every trial stays inside what the AR-GSE
+#: repository's own decision rule expresses (seed margin, no temperatures, its feature
+#: and gate settings, B2/B3's alpha and mu as they are), so its decisions are seltune's.
+COMPAT_FIXED: dict[str, dict[str, Any]] = {
+    "argse-repo": {"margin": "seed", "fit_temperature": False, "final_rule": "none",
+                   "uniform_check": False, "top_k": 5, "hidden_dims": [128, 64]},
+}
 
 
 def parse_metrics(metric: str, mode: str | None) -> tuple[list[str], list[str]]:
@@ -241,6 +251,17 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if unknown:
         raise InputError("unknown config key", file="--set", field=unknown[0],
                          expected=f"one of {', '.join(sorted(known))}")
+    if opts.compat is not None:
+        if opts.compat not in COMPAT_FIXED or info.bundle_kind != "argse":
+            raise InputError(field="--compat", value=opts.compat,
+                             expected="argse-repo (with an argse-* trainable)")
+        for key, value in COMPAT_FIXED[opts.compat].items():
+            if key in cli_fixed and cli_fixed[key] != value:
+                raise InputError(f"--set {key}={cli_fixed[key]} is outside what the AR-GSE "
+                                 f"repository's rule expresses", field="--compat",
+                                 value=opts.compat, expected=f"{key}={value} (or no --compat)")
+            if key in known:
+                cli_fixed[key] = value
     coverage = _operating_point(opts, info, space, cli_fixed)
     cli_fixed[info.coverage_key] = coverage
     space = _with_fixed(space, cli_fixed, source="--space + --set")

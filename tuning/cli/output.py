@@ -131,8 +131,8 @@ def progress(stderr: bool = True):
 
 # Columns of the train/evaluate tables, in order; a metric missing from a row shows "-".
 HEADLINE_METRICS = (
-    "augrc", "aurc", "worst_group_error", "balanced_error", "coverage",
-    "risk_at_coverage", "accuracy", "ece", "nll",
+    "worst_group_error", "balanced_error", "coverage", "worst_group_area", "balanced_area",
+    "augrc", "aurc", "risk_at_coverage", "accuracy", "ece", "nll",
 )
 
 
@@ -152,6 +152,8 @@ def print_train_result(result: dict[str, Any], as_json: bool) -> None:
         present = [m for m in HEADLINE_METRICS if any(m in r for r in rows_src.values())]
         rows = [[name, *[r.get(m) for m in present]] for name, r in rows_src.items()]
         print_table(f"{split}: trained model vs baselines", ["", *present], rows)
+    for line in result.get("verdict") or []:
+        console().print(line)
     if result.get("checkpoint"):
         console().print(f"checkpoint: {result['checkpoint']}")
 

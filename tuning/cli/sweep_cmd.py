@@ -81,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "evaluate first (after the defaults and the baseline-reproducing one)")
     p.add_argument("--warm-start", metavar="EXPERIMENT", help="copy a finished sweep's "
                    "trials into this study as history")
+    p.add_argument("--compat", choices=["argse-repo"],
+                   help="keep every trial inside what the AR-GSE repository's own rule "
+                   "expresses (fixes margin=seed, fit_temperature=false, final_rule=none, "
+                   "uniform_check=false, top_k=5, hidden_dims=[128,64]); its exports agree 100%%")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in every trial directory "
                         "(tensorboard --logdir EXPERIMENT)")
@@ -105,6 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--storage")
     e.add_argument("--device", choices=DEVICE_CHOICES, default="cpu")
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--format", dest="fmt", choices=["both", "seltune", "argse-repo"],
+                   default="both", help="argse-repo (in both): also report the decisions the "
+                   "AR-GSE repository's own rule makes with the checkpoint, and the agreement")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_export_cmd)
 
@@ -135,7 +142,7 @@ def sweep_options(args: argparse.Namespace, default_run: bool = False):
         sampler=args.sampler, tensorboard=args.tensorboard,
         overrides=list(args.overrides), default_run=default_run,
         coverage=args.coverage, max_coverage_gap=args.max_coverage_gap,
-        enqueue=args.enqueue, warm_start=args.warm_start,
+        enqueue=args.enqueue, warm_start=args.warm_start, compat=args.compat,
     )
 
 
@@ -210,7 +217,8 @@ def run_export_cmd(args: argparse.Namespace) -> int:
 
     with stdout_to_stderr(args.json):
         result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
-                        storage=args.storage, device=args.device, overwrite=args.overwrite)
+                        storage=args.storage, device=args.device, overwrite=args.overwrite,
+                        fmt=args.fmt)
     if args.json:
         print_json(result)
     else:

@@ -9,8 +9,10 @@ atomically::
     config.json                                      the full config used
     metrics.json                                     the ``--json`` result below
 
-and ends with the table of ``val`` and ``test`` metrics beside every baseline
-(``--json``: ``{"val", "test", "baselines": {"val", "test"}, "config", "checkpoint"}``).
+and ends with the table of ``val`` and ``test`` metrics beside every baseline, all at
+the config's operating point (``eval_coverage``; pretrain: ``target_coverage``), and a
+line per split saying which baselines the model beats (``--json``: ``{"val", "test",
+"baselines": {"val", "test"}, "verdict", "config", "checkpoint"}``).
 The model's metrics are computed from the written checkpoint by
 :func:`core.argse.model_metrics`, the function ``seltune evaluate`` uses, so both
 commands print the same numbers for a split.
@@ -44,6 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     from core.bundles import load_expert_bundle
     from core.config import build_config, config_to_dict
     from core.device import resolve_device
+    from tuning.baselines import verdicts
     from tuning.cli.output import console, print_train_result, progress
 
     mode = MODES[args.trainable]
@@ -81,10 +84,15 @@ def run_train(args: argparse.Namespace) -> int:
             ckpt_path = (out / ckpt_name).resolve()
             predictor = load_predictor(tmp / ckpt_name, device)
             splits = [s for s in ("val", "test") if s in bundle.splits]
-            summary: dict = {s: model_metrics(predictor, bundle, s) for s in splits}
+            # model and baselines at one operating point (the config's eval coverage)
+            coverage = (config.target_coverage if isinstance(config, PretrainConfig)
+                        else config.eval_coverage)
+            summary: dict = {s: model_metrics(predictor, bundle, s, coverage) for s in splits}
             fitted = fit_baselines(bundle)
             summary["baselines"] = {
-                s: baseline_metrics(bundle, s, summary[s]["coverage"], fitted) for s in splits}
+                s: baseline_metrics(bundle, s, coverage, fitted) for s in splits}
+            summary["verdict"] = verdicts({s: summary[s] for s in splits}, summary["baselines"],
+                                          "worst_group_error", "min", coverage)
             summary["config"] = config_to_dict(config)
             summary["checkpoint"] = str(ckpt_path)
             save_json(summary, tmp / "metrics.json")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.argse.margins import MarginVariant, margin_and_prediction, scored_posterior
+from core.argse.margins import GroupedPosterior, MarginVariant, grouped_margin_and_prediction
 
 EPS = 1e-8
 HEAD_KEYWORDS = ("ce", "irm")
@@ -138,13 +138,18 @@ def selective_loss(
     weight ``beta_tail`` on non-head groups. Pinball at quantile level ``1 - tau_g``
     learns ``t``. Returns ``(total, parts, margin [B] detached, s [B] detached)``.
     """
-    m, _ = margin_and_prediction(eta, alpha, mu, class_to_group, margin)
+    gp = GroupedPosterior.from_posterior(eta, class_to_group, int(alpha.numel()))
+    m, _ = grouped_margin_and_prediction(gp, alpha, mu, margin)
     t_g = t[label_groups]
     z = m - t_g
     s = torch.sigmoid(kappa * z)
-    q = scored_posterior(eta, alpha, class_to_group, margin)
-    q = q / (q.sum(dim=1, keepdim=True) + EPS)
-    ce = F.nll_loss(torch.log(q + EPS), labels, reduction="none")
+    # CE of the normalised rescaled posterior q = s_[y] eta_y / sum_y' s_[y'] eta_y' at
+    # the label only: the normaliser is sum_k s_k mass_k (O(B·K)), no [B, C] log
+    scale = alpha.to(eta.device, eta.dtype)
+    scale = scale if margin == "seed" else 1.0 / scale
+    q_y = eta.gather(1, labels.unsqueeze(1)).squeeze(1) * scale[gp.class_to_group[labels]]
+    q_y = q_y / ((gp.mass * scale).sum(dim=1) + EPS)
+    ce = -torch.log(q_y + EPS)
     sample_w = torch.where(label_groups >= 1, float(beta_tail), 1.0).to(s.dtype)
     l_sel = (s * ce * sample_w).sum() / (s * sample_w).sum().clamp_min(EPS)
     tau = targets.to(s.dtype)[label_groups]

@@ -320,3 +320,27 @@ def test_quantile_is_torch_quantile_bit_for_bit(dtype):
             assert torch.equal(R.quantile(x[:, 0], q), torch.quantile(x[:, 0], q))
     x = torch.tensor([1.0, float("nan"), 2.0], dtype=dtype)
     assert torch.isnan(R.quantile(x, 0.5))  # NaN handling is torch's
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_selective_loss_ce_equals_full_posterior_ce(k, variant):
+    from core.argse.losses import EPS, selective_loss
+    from core.argse.margins import scored_posterior
+
+    eta, alpha, mu, c2g, labels = _case(40 + k, k)
+    groups = c2g[labels]
+    w = torch.full((eta.shape[0], 2), 0.5, dtype=torch.float64)
+    kw = dict(alpha=alpha, mu=mu, t=torch.zeros(k, dtype=torch.float64), class_to_group=c2g,
+              targets=torch.full((k,), 0.5), pi_by_group=torch.full((k, 2), 0.5), kappa=5.0,
+              beta_tail=2.0, lambda_q=0.0, lambda_cov=0.0, lambda_H=0.0, lambda_GA=0.0,
+              margin=variant)
+    _, parts, m, s = selective_loss(eta, w, labels, groups, **kw)
+    q = scored_posterior(eta, alpha, c2g, variant)
+    q = q / (q.sum(dim=1, keepdim=True) + EPS)
+    ce = F.nll_loss(torch.log(q + EPS), labels, reduction="none")
+    sw = torch.where(groups >= 1, 2.0, 1.0).double()
+    ref = (s * ce * sw).sum() / (s * sw).sum()
+    torch.testing.assert_close(parts["sel"], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m, direct_margin_and_prediction(eta, alpha, mu, c2g, variant)[0],
+                               rtol=0, atol=1e-12)

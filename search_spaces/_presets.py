@@ -14,7 +14,10 @@ dataclasses, checked by the tuning layer with ``validate(known_keys=...)``).
 - ``argse-pretrain``: the gating network's pre-training.
 - ``stage1``: the Stage-1 exit gate; SelectiveNet's ``sn_lambda`` / ``sn_alpha`` exist
   only with ``loss == "selectivenet"``, ``gate_weight`` only with ``loss == "bce"``,
-  the ODIR strengths only with the ``matrix`` / ``dirichlet`` calibrators.
+  the ODIR strengths only with the ``matrix`` / ``dirichlet`` calibrators; the exit
+  score (gate / calibrated max-softmax / their calibrated combination) is searched.
+- ``stage1-seed``: the same space with the seed's exit rule (the learned gate) and
+  balanced class weights fixed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from importlib import resources
 
 from search_spaces._space import SearchSpace
 
-PRESET_NAMES = ("argse-selective", "argse-selective-seed", "argse-pretrain", "stage1")
+PRESET_NAMES = ("argse-selective", "argse-selective-seed", "argse-pretrain", "stage1",
+                "stage1-seed")
 
 
 def _load(name: str) -> SearchSpace:

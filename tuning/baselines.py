@@ -76,12 +76,27 @@ def compute_baselines(trainable: str, bundle_kind: str, bundle: Any, coverage: f
             "best": strongest(values, metric, mode)}
 
 
-def gap(value: Any, baselines: dict[str, Any] | None) -> float | None:
-    """Signed gap of ``value`` to the strongest baseline (negative = better), or None."""
-    if not baselines or not baselines.get("best") or not _finite(value):
+def gap(value: Any, baselines: dict[str, Any] | None,
+        report: dict[str, Any] | None = None) -> float | None:
+    """Signed gap of ``value`` to the strongest baseline (negative = better), or None.
+
+    Stage-1 baselines depend on each trial's own classifier, so a report that carries
+    them (``msp_<metric>``, ``doctor_<metric>``, ``maxlogit_<metric>``) is compared with
+    its own strongest one; otherwise with the sweep's (``baselines["best"]``).
+    """
+    if not baselines or not _finite(value):
         return None
-    diff = float(value) - float(baselines["best"]["value"])
-    return diff if baselines.get("mode", "min") == "min" else -diff
+    mode, metric = baselines.get("mode", "min"), baselines.get("metric")
+    own = [float(report[f"{n}_{metric}"]) for n in STAGE1_ORDER
+           if report is not None and _finite(report.get(f"{n}_{metric}"))]
+    if own:
+        ref = min(own) if mode == "min" else max(own)
+    elif baselines.get("best"):
+        ref = float(baselines["best"]["value"])
+    else:
+        return None
+    diff = float(value) - ref
+    return diff if mode == "min" else -diff
 
 
 def verdicts(model: dict[str, dict[str, Any]], baselines: dict[str, dict[str, dict[str, Any]]],

@@ -112,7 +112,11 @@ _STAGE1_METRICS = ("accuracy", "augrc", "aurc", "balanced_area", "balanced_error
                    "gate_ece", "loss", "nll", "risk_at_coverage", "selective_error",
                    "softmax_confidence_augrc", "softmax_confidence_coverage",
                    "softmax_confidence_risk_at_coverage", "train_loss", "uncal_brier",
-                   "uncal_classwise_ece", "uncal_ece", "uncal_nll", "worst_group_error")
+                   "uncal_classwise_ece", "uncal_ece", "uncal_nll", "worst_group_error",
+                   "exit_coverage", "best_baseline_augrc",
+                   *(f"{b}_{m}" for b in ("msp", "doctor", "maxlogit")
+                     for m in ("augrc", "risk_at_coverage", "worst_group_error",
+                               "balanced_error", "worst_group_area")))
 
 TRAINABLES: dict[str, TrainableInfo] = {
     "argse-selective": TrainableInfo(
@@ -179,7 +183,7 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
 
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
         out = _scalar_metrics(metrics)
-        g = gap(out.get(objective), baselines) if objective else None
+        g = gap(out.get(objective), baselines, out) if objective else None
         if g is not None:  # beside every report: how far from the strongest baseline
             out["gap_to_best_baseline"] = g
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))

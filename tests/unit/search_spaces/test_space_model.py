@@ -136,8 +136,8 @@ def test_contains():
 
 def test_check_assignment():
     space = PRESETS["stage1"]
-    good = {"loss": "bce", "gate_weight": 1.0, "target_coverage": 0.8, "dropout": 0.1,
-            "label_smoothing": 0.1, "lr": 1e-3, "weight_decay": 1e-2,
+    good = {"loss": "bce", "exit_score": "msp", "class_weights": "none", "gate_weight": 1.0,
+            "dropout": 0.1, "label_smoothing": 0.1, "lr": 1e-3, "weight_decay": 1e-2,
             "calibrator": "temperature", "epochs": 3}
     space.check_assignment(good)
     with pytest.raises(SpaceError, match=r"param sn_lambda: value 10\.0: set although inactive"):

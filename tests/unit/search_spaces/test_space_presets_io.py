@@ -38,17 +38,17 @@ CONFIG_FIELDS = {
         "loss gate_weight target_coverage sn_lambda sn_alpha hidden_dim dropout label_smoothing lr "
         "weight_decay epochs warmup_epochs batch_size grad_accum_steps max_grad_norm use_ema "
         "ema_decay early_stop_patience class_weights calibrator odir_lambda odir_mu "
-        "gate_calibrator calib_fraction seed").split(),
+        "gate_calibrator calib_fraction eval_coverage exit_score seed").split(),
 }
 
 
 def _trainable(preset: str) -> str:
-    return "argse-selective" if preset == "argse-selective-seed" else preset
+    return preset.removesuffix("-seed")
 
 
 def test_preset_keys_are_the_three_trainables_and_the_seed_variant():
     assert set(PRESETS) == {"argse-selective", "argse-selective-seed", "argse-pretrain",
-                            "stage1"}
+                            "stage1", "stage1-seed"}
     for name, space in PRESETS.items():
         assert space.trainable == _trainable(name)
         assert get_preset(name) is space
@@ -90,14 +90,16 @@ def test_preset_contents_match_the_brief():
     s1 = PRESETS["stage1"]
     assert {p.name: (p.condition.parent, p.condition.values) for p in s1 if p.condition} == {
         "gate_weight": ("loss", ("bce",)),
+        "target_coverage": ("loss", ("selectivenet",)),
         "sn_lambda": ("loss", ("selectivenet",)),
         "sn_alpha": ("loss", ("selectivenet",)),
         "odir_lambda": ("calibrator", ("matrix", "dirichlet")),
         "odir_mu": ("calibrator", ("matrix", "dirichlet")),
     }
     assert s1["calibrator"].choices == ("temperature", "vector", "matrix", "dirichlet")
+    assert PRESETS["stage1-seed"].fixed == {"exit_score": "gate", "class_weights": "balanced"}
     for name, space in PRESETS.items():
-        if name != "argse-selective-seed":
+        if not name.endswith("-seed"):
             assert space.fixed == {}
 
 
@@ -109,7 +111,7 @@ def _real_config_classes():
     except ImportError:
         return None
     return {"argse-selective": SelectiveConfig, "argse-selective-seed": SelectiveConfig,
-            "argse-pretrain": PretrainConfig, "stage1": Stage1Config}
+            "argse-pretrain": PretrainConfig, "stage1": Stage1Config, "stage1-seed": Stage1Config}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

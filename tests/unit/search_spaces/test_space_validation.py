@@ -172,7 +172,7 @@ def test_invalid_json_and_missing_file(tmp_path):
     with pytest.raises(SpaceError, match=r"nope\.yaml: no such file"):
         load_space(str(tmp_path / "nope.yaml"))
     with pytest.raises(SpaceError, match=r"^--space: value 'stage2': neither a preset nor a space file: "
-                                         r"expected one of argse-selective, argse-selective-seed, argse-pretrain, stage1"):
+                                         r"expected one of argse-selective, argse-selective-seed, argse-pretrain, stage1, stage1-seed"):
         load_space("stage2")
 
 

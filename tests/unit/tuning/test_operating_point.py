@@ -129,3 +129,11 @@ def test_warm_start_points_are_the_defaults_then_the_baseline_then_the_user_file
         warm_start_points(info, space, cfg, str(f))
     seed_info, seed_space = _space("argse-selective-seed")
     assert len(warm_start_points(seed_info, seed_space, cfg, None)) == 1  # no gate searched
+
+
+def test_a_stage1_report_is_compared_with_its_own_baselines():
+    sweep = {"metric": "augrc", "mode": "min", "best": {"name": "msp", "value": 0.5}}
+    report = {"augrc": 0.040, "msp_augrc": 0.043, "doctor_augrc": 0.043,
+              "maxlogit_augrc": 0.045}
+    assert gap(0.040, sweep, report) == pytest.approx(-0.003)
+    assert gap(0.040, sweep, {"augrc": 0.040}) == pytest.approx(-0.46)  # the sweep's

@@ -142,11 +142,13 @@ def test_define_by_run_pickles_for_ray_searcher_checkpoints():
 
 
 def test_active_distributions_can_record_an_external_trial():
-    config = {"loss": "bce", "gate_weight": 1.0, "target_coverage": 0.8, "dropout": 0.1,
+    config = {"loss": "bce", "exit_score": "combined", "class_weights": "none",
+              "gate_weight": 1.0, "dropout": 0.1,
               "label_smoothing": 0.05, "lr": 1e-3, "weight_decay": 1e-3,
               "calibrator": "dirichlet", "odir_lambda": 0.01, "odir_mu": 0.01, "epochs": 3}
     dists = active_distributions(PRESETS["stage1"], config)
     assert "sn_lambda" not in dists and "odir_mu" in dists and "epochs" not in dists
+    assert "target_coverage" not in dists  # SelectiveNet's training knob only
     params = {k: config[k] for k in dists}
     study = _study(optuna.samplers.TPESampler(seed=0))
     study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.3))

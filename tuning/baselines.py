@@ -26,14 +26,14 @@ are the one-line statements ``status`` and ``export`` print.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 #: Baselines of each bundle kind, in the order tables show them.
 ARGSE_ORDER = ("chow:mixture", "plugin_balanced", "plugin_worst")
 STAGE1_ORDER = ("msp", "doctor", "maxlogit")
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 

@@ -605,9 +605,10 @@ class ProgressCallback(_CallbackBase):
                          r.get(self.metric), *[r.get(m) for m in self.extra]])
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         title = f"trials: {done}/{self.total or len(trials)} finished"
-        best = (self.baselines or {}).get("best")
+        baselines = self.baselines or {}
+        best = baselines.get("best")
         if best:
-            title += (f"; at coverage {self.baselines['coverage']:g} the strongest baseline "
+            title += (f"; at coverage {baselines['coverage']:g} the strongest baseline "
                       f"{best['name']} has {self.metric}={best['value']:.4f}")
         print_table(title, ["trial", "status", "iter", self.metric, *self.extra], rows,
                     stderr=True)
@@ -720,6 +721,8 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
             from tuning.storage_check import check_storage_reachable
 
             check_storage_reachable(spec.storage)
+        # trials (and the baselines) never read the test split: keep it out of the store
+        bundle = selection_view(bundle)
         baselines = sweep_baselines(spec, bundle)
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
@@ -768,6 +771,17 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                 ),
             )
         tuner.fit()
+
+
+def selection_view(bundle: Any) -> Any:
+    """``bundle`` without its ``test`` split (the same arrays, no copy): what a sweep ships
+    to its trials through the object store. Test is read only by export and evaluate."""
+    import dataclasses
+
+    splits = getattr(bundle, "splits", None)
+    if not isinstance(splits, dict) or "test" not in splits:
+        return bundle
+    return dataclasses.replace(bundle, splits={k: v for k, v in splits.items() if k != "test"})
 
 
 def sweep_baselines(spec: SweepSpec, bundle: Any) -> dict[str, Any] | None:

@@ -67,7 +67,8 @@ def check_expert_order(checkpoint_names: Sequence[str], bundle_names: Sequence[s
         problem = f"expert order {bd} differs from the checkpoint's {ck} ({checkpoint})"
         hint = f"the checkpoint's order (re-import with --experts {','.join(ck)})"
     else:
-        problem = f"experts {bd} are not the checkpoint's {ck} ({checkpoint})"
+        problem = (f"experts {bd} (E={len(bd)}) are not the checkpoint's {ck} "
+                   f"(E={len(ck)}, {checkpoint})")
         hint = "the bundle the checkpoint was trained on"
     raise InputError(problem, file=bundle or "bundle", field="expert_names", expected=hint)
 

@@ -26,7 +26,8 @@ def test_train_then_evaluate_gives_identical_metrics(data, capsys):
     assert main(["train", "argse-selective", "--data", str(data / "bundle"), "--out", str(out),
                  "--device", "cpu", "--json", *FAST]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"val", "test", "baselines", "config", "checkpoint"}
+    assert set(res) == {"val", "test", "baselines", "verdict", "config", "checkpoint"}
+    assert [line.split(":")[0] for line in res["verdict"]] == ["val", "test"]
     assert set(res["baselines"]["test"]) == {"chow:ce_baseline", "chow:logitadjust_baseline",
                                              "chow:mixture", "plugin_balanced", "plugin_worst"}
     assert res["config"]["target_coverage"] == 0.7

@@ -234,51 +234,11 @@ class RuleScores:
     notes: list[str] = field(default_factory=list)
 
 
-def _fallback_baseline_rules(bundle, split: str, coverage: float, fitted
-                             ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """FALLBACK, used only while ``core.argse.baselines.baseline_rules`` does not exist:
-    the rules ``baseline_metrics`` evaluates (Chow per expert and on the mixture,
-    Plug-in[Balanced], Plug-in[Worst] fit on tunev at ``coverage``), as
-    ``{NAME: (confidence [N], prediction [N])}`` with each confidence shifted so that
-    ``coverage`` of the split is accepted. Remove once core provides the function."""
-    import torch
-
-    from core.argse.baselines import coverage_confidence, fit_plugin
-    from core.argse.data import split_tensors
-    from core.argse.margins import margin_and_prediction
-    from core.argse.temperature import apply_temperatures
-
-    logits, _ = split_tensors(bundle, split)
-    probs = torch.softmax(apply_temperatures(logits, fitted.temperatures), dim=-1)
-    c2g, k = fitted.class_to_group, fitted.num_groups
-    cov = float(min(max(coverage, 1e-6), 1.0))
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def put(name: str, score: torch.Tensor, pred: torch.Tensor) -> None:
-        out[name] = (coverage_confidence(score, cov).double().numpy(),
-                     pred.long().numpy())
-
-    for e, name in enumerate(fitted.expert_names):
-        put(f"chow:{name}", *probs[:, e, :].max(dim=1))
-    eta = probs.mean(dim=1)
-    put("chow:mixture", *eta.max(dim=1))
-    for objective in ("balanced", "worst"):
-        key = (objective, round(cov, 4))
-        if key not in fitted.plugin:
-            fitted.plugin[key] = fit_plugin(fitted.fit_eta, fitted.fit_labels, c2g, k, cov,
-                                            objective)
-        alpha, mu = fitted.plugin[key]
-        m, pred = margin_and_prediction(eta.double(), alpha.double(), mu.double(), c2g,
-                                        "plugin")
-        put(f"plugin_{objective}", m, pred)
-    return out
-
-
 def argse_scores(bundle, checkpoint: Path, coverage: float, split: str,
                  device: str) -> RuleScores:
     """The AR-GSE model (``load_predictor(...).decide``) and every baseline on ``split``."""
-    import core.argse.baselines as baselines
     from core.argse import load_predictor
+    from core.argse.baselines import baseline_rules
     from core.argse.data import class_to_group_tensor, split_tensors
     from tuning.export import fitted_baselines
 
@@ -289,13 +249,8 @@ def argse_scores(bundle, checkpoint: Path, coverage: float, split: str,
     out = RuleScores(split, lab, c2g.numpy()[lab], int(bundle.num_groups))
     out.rules[MODEL] = (conf.double().cpu().numpy(), pred.long().cpu().numpy())
     fitted = fitted_baselines(bundle)
-    if hasattr(baselines, "baseline_rules"):
-        rules = baselines.baseline_rules(bundle, split, coverage, fitted)
-    else:
-        log.info("core.argse.baselines.baseline_rules missing: using the report's fallback")
-        rules = _fallback_baseline_rules(bundle, split, coverage, fitted)
-    for name, (c, p) in rules.items():
-        out.rules[name] = (np.asarray(c, dtype=np.float64), np.asarray(p, dtype=np.int64))
+    for name, (c, p) in baseline_rules(bundle, split, coverage, fitted).items():
+        out.rules[name] = (c.double().cpu().numpy(), p.long().cpu().numpy())
     return out
 
 

@@ -172,26 +172,27 @@ def fit_baselines(bundle, fit_split: str = "tunev") -> FittedBaselines:
                            bundle.num_groups, {}, eta, labels)
 
 
-def baseline_metrics(bundle, split: str, coverage: float,
-                     fitted: FittedBaselines | None = None) -> dict[str, dict[str, float]]:
-    """``{NAME: metrics}`` for every baseline on ``split`` at ``coverage``.
-
-    ``coverage``: the model's realised coverage on that split (in (0, 1]).
+def baseline_rules(bundle, split: str, coverage: float,
+                   fitted: FittedBaselines | None = None
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every baseline's rule on ``split`` at ``coverage``: ``{NAME: (confidence [N],
+    prediction [N])}``, the confidence shifted so that ``coverage`` of the split is
+    ``> 0`` (:func:`coverage_confidence`). The plug-in rules are fit on ``tunev`` at
+    ``coverage`` once per ``fitted``. One place for what :func:`baseline_metrics`
+    scores and the report draws.
     """
     fitted = fitted or fit_baselines(bundle)
-    logits, labels = split_tensors(bundle, split)
+    logits, _ = split_tensors(bundle, split)
     c2g, k = fitted.class_to_group, fitted.num_groups
     probs = _probs(logits, fitted.temperatures)
     coverage = float(min(max(coverage, 1e-6), 1.0))
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for e, name in enumerate(fitted.expert_names):
         score, pred = probs[:, e, :].max(dim=1)
-        out[f"chow:{name}"] = selective_metrics(coverage_confidence(score, coverage), pred,
-                                                labels, c2g, k)
+        out[f"chow:{name}"] = (coverage_confidence(score, coverage), pred)
     eta = probs.mean(dim=1)
     score, pred = eta.max(dim=1)
-    out["chow:mixture"] = selective_metrics(coverage_confidence(score, coverage), pred, labels,
-                                            c2g, k)
+    out["chow:mixture"] = (coverage_confidence(score, coverage), pred)
     gp = GroupedPosterior.from_posterior(eta.double(), c2g, k)  # once for both rules
     for objective in ("balanced", "worst"):
         key = (objective, round(coverage, 4))
@@ -200,6 +201,16 @@ def baseline_metrics(bundle, split: str, coverage: float,
                                             coverage, objective)
         alpha, mu = fitted.plugin[key]
         m, pred = grouped_margin_and_prediction(gp, alpha.double(), mu.double(), "plugin")
-        out[f"plugin_{objective}"] = selective_metrics(coverage_confidence(m, coverage), pred,
-                                                       labels, c2g, k)
+        out[f"plugin_{objective}"] = (coverage_confidence(m, coverage), pred)
     return out
+
+
+def baseline_metrics(bundle, split: str, coverage: float,
+                     fitted: FittedBaselines | None = None) -> dict[str, dict[str, float]]:
+    """``{NAME: metrics}`` for every baseline on ``split`` at ``coverage`` (the operating
+    point, in (0, 1]; every baseline is judged at exactly that coverage on the split)."""
+    fitted = fitted or fit_baselines(bundle)
+    _, labels = split_tensors(bundle, split)
+    c2g, k = fitted.class_to_group, fitted.num_groups
+    return {name: selective_metrics(conf, pred, labels, c2g, k)
+            for name, (conf, pred) in baseline_rules(bundle, split, coverage, fitted).items()}

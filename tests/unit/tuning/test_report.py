@@ -332,15 +332,15 @@ def test_a_section_that_fails_is_logged_with_traceback_and_noted(inputs, tmp_pat
     assert (tmp_path / R.REPORT_DIR / "group_error_curves.png").is_file()  # the rest drawn
 
 
-def test_fallback_baseline_rules_match_baseline_metrics(inputs):
-    """The report's fallback rules are the rules export's numbers come from."""
-    from core.argse.baselines import baseline_metrics
+def test_report_curves_use_the_rules_export_scores(inputs):
+    """The rules the report draws are the rules export's numbers come from."""
+    from core.argse.baselines import baseline_metrics, baseline_rules
     from core.argse.evaluation import selective_metrics
     from tuning.export import fitted_baselines
 
     bundle = inputs["bundle"]
     fitted = fitted_baselines(bundle)
-    rules = R._fallback_baseline_rules(bundle, "test", COVERAGE, fitted)
+    rules = baseline_rules(bundle, "test", COVERAGE, fitted)
     expected = baseline_metrics(bundle, "test", COVERAGE, fitted)
     assert set(rules) == set(expected)
     labels = bundle.splits["test"].labels

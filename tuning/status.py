@@ -21,6 +21,7 @@ the one line saying whether the best trial beats each of them on ``val``.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,7 @@ def print_status(status: dict[str, Any], *, top: int | None = None, stderr: bool
 
         print_baselines(status["baselines"], stderr=stderr)
     for line in status.get("verdict", []):
-        con.print(line)
+        # plain print: one unwrapped line a reader (or grep) can take whole
+        print(line, file=sys.stderr if stderr else sys.stdout, flush=True)
     if status.get("pareto") is not None:
         con.print("pareto front: " + (", ".join(status["pareto"]) or "none yet"))

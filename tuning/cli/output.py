@@ -153,7 +153,7 @@ def print_train_result(result: dict[str, Any], as_json: bool) -> None:
         rows = [[name, *[r.get(m) for m in present]] for name, r in rows_src.items()]
         print_table(f"{split}: trained model vs baselines", ["", *present], rows)
     for line in result.get("verdict") or []:
-        console().print(line)
+        print(line, flush=True)  # plain: one line a reader (or grep) can take whole
     if result.get("checkpoint"):
         console().print(f"checkpoint: {result['checkpoint']}")
 

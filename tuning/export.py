@@ -216,7 +216,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     if fmt not in EXPORT_FORMATS:
         raise InputError(field="--format", value=fmt, expected="one of " + ", ".join(EXPORT_FORMATS))
     from core.atomic import atomic_dir, check_output_path
-    from tuning.cli.output import to_jsonable
+    from tuning.cli.output import progress, to_jsonable
     from tuning.sweep import load_checked_bundle, parse_metrics
     from tuning.trainables import TRAINABLES
 
@@ -240,10 +240,15 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     config = full_config(spec, entry.get("config", {}))
 
     with atomic_dir(out_path, overwrite=overwrite) as tmp, \
-            tempfile.TemporaryDirectory(prefix="seltune-export-") as scratch:
+            tempfile.TemporaryDirectory(prefix="seltune-export-") as scratch, \
+            progress() as bar:
+        # on stderr, with elapsed/remaining time: the baselines and the report take a while
+        task = bar.add_task(f"export {trial_id}", total=4, status="checkpoint")
         src = _trial_checkpoint(spec, entry, iteration, Path(scratch))
         ckpt = materialise_checkpoint(spec, bundle, src, config, tmp / "checkpoint", device)
+        bar.update(task, advance=1, status="metrics beside the baselines on val and test")
         result = checkpoint_metrics(spec, bundle, ckpt, device, config)
+        bar.update(task, advance=1, status="predictor.pt and the compat report")
         final_ckpt = out_path.resolve() / "checkpoint"
         if spec.trainable != "stage1":
             final_ckpt = final_ckpt / info.checkpoint_file
@@ -259,6 +264,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
                                      result.get("baselines", {}), sel_metric, sel_mode,
                                      spec.coverage)
         _portable_and_compat(spec, bundle, ckpt, tmp, result, fmt)
+        bar.update(task, advance=1, status="report")
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
             json.dumps(to_jsonable(result), indent=2, allow_nan=False))
@@ -271,6 +277,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
                      bundle=bundle, checkpoint=ckpt, device=device, pareto=pareto,
                      metric=sel_metric, mode=sel_mode)
+        bar.update(task, advance=1, status="done")
     return {"out": str(out_path.resolve()), "metrics": result, "trial_id": trial_id,
             "iteration": iteration, "pareto": pareto}
 

@@ -40,7 +40,7 @@ from core.argse.data import (
 from core.argse.features import gating_feature_dim
 from core.argse.gating import GatingNet, gate, gate_all
 from core.argse.losses import build_group_priors, mixture_nll, selective_loss
-from core.argse.margins import margin_and_prediction
+from core.argse.margins import MarginVariant, margin_and_prediction
 from core.argse.predictor import model_metrics, predictor_from_state
 from core.argse.rules import (
     MuScorer,
@@ -78,6 +78,7 @@ def uniform_gate(net: GatingNet) -> GatingNet:
 
     out = copy.deepcopy(net)
     last = out.net[-1]
+    assert isinstance(last, torch.nn.Linear)  # GatingNet ends in its output layer
     with torch.no_grad():
         last.weight.zero_()
         last.bias.zero_()
@@ -112,26 +113,77 @@ class _Run:
         # the reported / exported rule (see deploy): may differ from B2/B3's alpha, mu
         self.rule_alpha = torch.ones(k, device=dev)
         self.rule_mu = torch.zeros(k, device=dev)
-        self.rule_margin: str = config.margin
+        self.rule_margin: MarginVariant = config.margin
         self.rule_gate = "learned"
         self.t_eval = torch.zeros(k, device=dev)
         self._uniform_rule: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.gate == "uniform":
             self.net = uniform_gate(self.net)
+        # a proper scoring rule instead of the selective loss (SelectiveConfig.gate_loss)
+        self.nll_mode = config.gate_loss != "selective"
+        self.crossfit = config.gate == "learned" and self.nll_mode and config.cross_fit
+        # cross-fitting: fold f's gate is trained on S(f+1) and predicts S(2-f); the
+        # deployed gate (self.net) is trained on all of tunev with the same schedule
+        self.folds: list[tuple[GatingNet, torch.optim.Optimizer]] = []
+        if self.crossfit:
+            for _ in range(2):
+                fnet = GatingNet(gating_feature_dim(e), config.hidden_dims, e,
+                                 config.dropout).to(dev)
+                self.folds.append((fnet, torch.optim.Adam(
+                    fnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)))
+        self.idx1 = self.idx2 = torch.empty(0, dtype=torch.long)
+        self._rule_cache: tuple | None = None  # (gate_version, rule) of the plug-in path
+        self.gate_version = 0  # +1 per gate training epoch
         self.gen = torch.Generator().manual_seed(config.seed)
         self.logs: list[dict] = []
         self.step = -1  # -1: nothing done; 0: Stage A done; c: cycle c done
 
     # ---- training steps ---------------------------------------------------------------
-    def _clip_step(self, loss):
-        self.opt.zero_grad(set_to_none=True)
+    def _clip_step(self, loss, opt=None, params=None):
+        opt = self.opt if opt is None else opt
+        params = [*self.net.parameters(), self.t] if params is None else params
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([*self.net.parameters(), self.t],
-                                           self.cfg.grad_clip)
-        self.opt.step()
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+
+    def _nll_epoch(self, net: GatingNet, opt, split: PreparedSplit, params) -> float:
+        """One epoch of the mixture NLL on ``split``; ``balanced_nll`` weighs sample i by
+        ``N / (K' N_{g_i})`` (K' non-empty true-label groups of the split), so every group
+        carries the same total weight. Returns the mean batch loss."""
+        net.train()
+        if self.cfg.gate_loss == "balanced_nll":
+            counts = torch.bincount(split.groups, minlength=self.k).to(torch.float32)
+            present = int((counts > 0).sum())
+            sw = (len(split) / (present * counts.clamp(min=1.0)))[split.groups]
+        else:
+            sw = torch.ones(len(split), device=self.dev)
+        total, n = torch.zeros((), device=self.dev), 0
+        for idx in batch_order(len(split), self.cfg.batch_size, self.gen):
+            idx = idx.to(self.dev)
+            _, eta = gate(net, split.features[idx], split.probs[idx])
+            loss = (mixture_nll(eta, split.labels[idx]) * sw[idx]).mean()
+            self._clip_step(loss, opt, params)
+            total += loss.detach()
+            n += 1
+        return float(total) / max(n, 1)
+
+    def gate_epoch(self) -> float:
+        """One epoch of the proper-scoring-rule gate (``gate_loss`` nll / balanced_nll):
+        the deployed gate on S1 (all of tunev when cross-fitting), then the fold gates."""
+        self.gate_version += 1
+        loss = self._nll_epoch(self.net, self.opt, self.full if self.crossfit else self.s1,
+                               list(self.net.parameters()))
+        for (fnet, fopt), split in zip(self.folds, (self.s1, self.s2)[:len(self.folds)],
+                                       strict=True):
+            self._nll_epoch(fnet, fopt, split, list(fnet.parameters()))
+        return loss
 
     def stage_a_epoch(self) -> float:
+        if self.nll_mode:
+            return self.gate_epoch()
+        self.gate_version += 1
         self.net.train()
         total, n = torch.zeros((), device=self.dev), 0
         for idx in batch_order(len(self.s1), self.cfg.batch_size, self.gen):
@@ -155,6 +207,7 @@ class _Run:
 
     def b1_epoch(self) -> dict[str, float]:
         cfg = self.cfg
+        self.gate_version += 1
         self.net.train()
         total, n = torch.zeros((), device=self.dev), 0
         parts_sum: dict[str, torch.Tensor] = {}
@@ -207,7 +260,21 @@ class _Run:
         return {"s2_score": score, **{f"s2_error_g{g}": float(v) for g, v in enumerate(errs)}}
 
     def _fit_split(self) -> PreparedSplit:
-        return self.full if self.cfg.final_fit_split == "tunev" else self.s2
+        if self.crossfit or self.cfg.final_fit_split == "tunev":
+            return self.full
+        return self.s2
+
+    def _fit_posterior(self) -> torch.Tensor:
+        """The gated posterior ``[N, C]`` the final rule is fit on: on ``_fit_split()``,
+        out of fold when cross-fitting (S2 by the S1 gate, S1 by the S2 gate)."""
+        if not self.crossfit:
+            fit = self._fit_split()
+            return gate_all(self.net, fit.features, fit.probs)[1]
+        oof = torch.empty(len(self.full), self.full.probs.shape[2], device=self.dev)
+        for (fnet, _), split, idx in zip(self.folds, (self.s2, self.s1),
+                                         (self.idx2, self.idx1), strict=True):
+            oof[idx.to(self.dev)] = gate_all(fnet, split.features, split.probs)[1]
+        return oof
 
     def _plugin_rule(self, eta: torch.Tensor, labels: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,13 +289,14 @@ class _Run:
             self._uniform_rule = self._plugin_rule(fit.probs.mean(dim=1), fit.labels)
         return self._uniform_rule
 
-    def _scores_on_s2(self, eta, alpha, mu, t, margin) -> tuple[float, float]:
+    def _scores(self, split: PreparedSplit, eta, alpha, mu, t, margin) -> tuple[float, float]:
         """``(mu_objective at the operating point, its area over rejection rates [0, 0.8])``
-        on S2: worst-group (or balanced) error and the matching area."""
+        on ``split`` with posterior ``eta [N, C]``: worst-group (or balanced) error and
+        the matching area."""
         m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
         z = (m - t.to(m.dtype)[self.c2g[pred]]).detach().cpu().numpy()
         acc = torch.from_numpy(z > coverage_shift(z, self.cfg.eval_coverage))
-        labels, groups = self.s2.labels.cpu(), self.s2.groups.cpu()
+        labels, groups = split.labels.cpu(), split.groups.cpu()
         errs = group_errors(acc.unsqueeze(1), pred.cpu() != labels, groups, self.k)[0]
         curves = group_error_curves(z, pred.cpu().numpy(), labels.numpy(), groups.numpy(),
                                     self.k)
@@ -242,10 +310,13 @@ class _Run:
         (module docstring, ``SelectiveConfig``)."""
         cfg, zero = self.cfg, torch.zeros(self.k, device=self.dev)
         if cfg.final_rule == "plugin":
-            fit = self._fit_split()
-            _, eta_fit = gate_all(self.net, fit.features, fit.probs)
-            alpha, mu = self._plugin_rule(eta_fit, fit.labels)
-            margin, t = "plugin", zero
+            # the rule depends only on the gate: refit only when the gate has moved
+            if self._rule_cache is None or self._rule_cache[0] != self.gate_version:
+                self._rule_cache = (self.gate_version, self._plugin_rule(
+                    self._fit_posterior(), self._fit_split().labels))
+            alpha, mu = self._rule_cache[1]
+            margin: MarginVariant = "plugin"
+            t = zero
         else:
             alpha, mu, margin = self.alpha, self.mu, cfg.margin
             t = self.t.detach().clone()
@@ -257,13 +328,16 @@ class _Run:
                                          global_target=False)
         gate_kind = "uniform" if cfg.gate == "uniform" else "learned"
         if cfg.uniform_check and gate_kind == "learned":
-            _, eta_s2 = gate_all(self.net, self.s2.features, self.s2.probs)
+            # judged on data the gate did not see: S2, or all of tunev out of fold
+            check = self.full if self.crossfit else self.s2
+            eta_check = self._fit_posterior() if self.crossfit else gate_all(
+                self.net, self.s2.features, self.s2.probs)[1]
             ua, umu = self._uniform()
-            gated = self._scores_on_s2(eta_s2, alpha, mu, t, margin)
-            uniform = self._scores_on_s2(self.s2.probs.mean(dim=1), ua, umu, zero, "plugin")
-            # the learned gate stays only if it beats the uniform mixture at the operating
-            # point without losing on the coverage-free area
-            if not (gated[0] < uniform[0] and gated[1] <= uniform[1]):
+            gated = self._scores(check, eta_check, alpha, mu, t, margin)
+            uniform = self._scores(check, check.probs.mean(dim=1), ua, umu, zero, "plugin")
+            # the learned gate stays only if it is no worse on the coverage-free area (the
+            # less noisy statistic) and within uniform_check_tol at the operating point
+            if not (gated[1] <= uniform[1] and gated[0] <= uniform[0] + cfg.uniform_check_tol):
                 alpha, mu, margin, t, gate_kind = ua, umu, "plugin", zero, "uniform"
         net = self.net if gate_kind == "learned" or cfg.gate == "uniform" \
             else uniform_gate(self.net)
@@ -318,6 +392,9 @@ class _Run:
                 "rule": {"alpha": self.rule_alpha.cpu(), "mu": self.rule_mu.cpu(),
                          "margin": self.rule_margin, "gate": self.rule_gate},
                 "rng": rng, "step": self.step, "logs": self.logs,
+                "folds": [{"net": {n: v.detach().cpu() for n, v in fnet.state_dict().items()},
+                           "optimizer": fopt.state_dict()} for fnet, fopt in self.folds],
+                "gate_version": self.gate_version,
                 "temperatures": self.temps, "config": config_to_dict(self.cfg)}
 
     def load_trainer_state(self, st: dict) -> None:
@@ -333,6 +410,11 @@ class _Run:
         if rule is not None:
             self.rule_alpha, self.rule_mu = rule["alpha"].to(self.dev), rule["mu"].to(self.dev)
             self.rule_margin, self.rule_gate = rule["margin"], rule["gate"]
+        for (fnet, fopt), fst in zip(self.folds, st.get("folds", []), strict=True):
+            fnet.load_state_dict(fst["net"])
+            fopt.load_state_dict(fst["optimizer"])
+            optimizer_to(fopt, self.dev)
+        self.gate_version = int(st.get("gate_version", 0))
         self.logs = st["logs"]
         self.step = st["step"]
         set_rng_state(self.gen, st["rng"])
@@ -405,6 +487,7 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
     full = prepare_split(logits, labels, run.temps, c2g_cpu, config.top_k, dev)
     run.full = full
     run.s1, run.s2 = full.subset(idx1.to(dev)), full.subset(idx2.to(dev))
+    run.idx1, run.idx2 = idx1, idx2
     del logits
     if state is not None:
         run.load_trainer_state(state)
@@ -447,8 +530,12 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         finish_step(0, {"stage": "A", "loss": losses[-1] if losses else float("nan")})
     for cycle in range(run.step + 1, config.cycles + 1):
         parts: dict[str, float] = {}
-        for _ in range(config.b1_epochs if train_gate else 0):
+        # a proper-scoring-rule gate is trained in Stage A only (SelectiveConfig.gate_loss)
+        for _ in range(config.b1_epochs if train_gate and not run.nll_mode else 0):
             parts = run.b1_epoch()
+        if run.nll_mode and run.logs:
+            # no gate training in the cycles: the reported loss stays Stage A's
+            parts = {"loss": run.logs[0]["loss"]}
         run.b2()
         b3 = run.b3()
         log = {"stage": "B", "loss": parts.get("loss", float("nan")), **parts, **b3}

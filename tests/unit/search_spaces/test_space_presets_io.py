@@ -29,7 +29,7 @@ CONFIG_FIELDS = {
         "lambda_GA beta_tail gamma alpha_min alpha_max alpha_update alpha_steps mu_objective "
         "mu_ema mu_grid_points mu_grid_range margin group_priors s1_fraction fit_temperature "
         "pretrain_checkpoint eval_coverage final_rule final_fit_split uniform_check gate "
-        "seed").split(),
+        "gate_loss cross_fit uniform_check_tol seed").split(),
     "argse-pretrain": (
         "epochs batch_size lr weight_decay grad_clip hidden_dims dropout top_k balanced_training "
         "use_freq_weighting freq_smoothing tail_weight entropy_penalty diversity_penalty "
@@ -71,19 +71,21 @@ def test_preset_contents_match_the_brief():
     sel = PRESETS["argse-selective"]
     # the gate is a choice (uniform = Plug-in[Worst]); every training knob exists only
     # for a learned gate; the operating point is never searched
-    assert set(sel.names) == {"gate", "target_coverage", "kappa", "lambda_q", "lambda_cov",
-                              "lambda_H", "lambda_GA", "beta_tail", "gamma", "lr",
-                              "weight_decay", "batch_size"}
+    # (issue 11: the gate is trained by a proper scoring rule, so the selective-loss
+    # knobs are only in the seed's preset)
+    assert set(sel.names) == {"gate", "gate_loss", "stageA_epochs", "lr", "weight_decay",
+                              "dropout", "batch_size"}
     assert sel["gate"] == Categorical("gate", ("learned", "uniform"))
+    assert sel["gate_loss"].choices == ("balanced_nll", "nll")
     assert all(p.condition is not None and p.condition.values == ("learned",)
                for p in sel if p.name != "gate")
-    assert sel["kappa"].low == 5 and sel["kappa"].high == 100 and sel["kappa"].log
+    assert sel["stageA_epochs"].low == 1 and sel["stageA_epochs"].high == 10
     assert sel["batch_size"].choices == (64, 128, 256, 512)
     seed = PRESETS["argse-selective-seed"]
     assert seed["kappa"] == Float("kappa", 5, 100, log=True)
     assert seed["margin"] == Categorical("margin", ("seed", "plugin"))
     assert seed.fixed == {"final_rule": "none", "uniform_check": False, "alpha_update": "seed",
-                          "gate": "learned"}
+                          "gate": "learned", "gate_loss": "selective"}
     assert "eval_coverage" not in sel.names and "eval_coverage" not in seed.names
     assert set(PRESETS["argse-pretrain"].names) == {"lr", "weight_decay", "diversity_penalty",
                                                     "entropy_penalty", "freq_smoothing", "batch_size"}

@@ -64,7 +64,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 
 #: Trial states the ledger and ``seltune status`` use. ``STOPPED`` is a trial that
 #: ASHA stopped early (Ray calls it TERMINATED too); ``TERMINATED`` ran to its end.
-TRIAL_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERROR")
+TRIAL_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "STOPPED", "ERROR",
+                "INTERRUPTED")
 
 
 def default_storage() -> Path:

@@ -419,6 +419,23 @@ def _warm_start_source(experiment: str | None, trainable: str) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- callbacks
+#: The ledger's status of a trial Tune stopped without it having finished (the driver
+#: was interrupted): ``seltune resume`` continues it from its last checkpoint.
+INTERRUPTED = "INTERRUPTED"
+
+
+def ledger_status(ray_status: str, previous: str | None) -> str:
+    """The ledger status for a trial Tune reports as ``ray_status``.
+
+    Only :meth:`LedgerCallback.on_trial_complete` decides that a trial finished: Tune
+    also calls TERMINATED every trial it stops when the driver is interrupted
+    (Ctrl-C), including trials that never started, and those must stay resumable.
+    """
+    if ray_status == "TERMINATED" and previous != "TERMINATED":
+        return INTERRUPTED
+    return ray_status
+
+
 def _metrics_of(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in result.items():
@@ -467,6 +484,7 @@ class LedgerCallback(_CallbackBase):
         self._last_write = 0.0
         self._dirty = False
         self._reconciled = False
+        self._max_t: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"experiment_dir": self.experiment_dir}
@@ -518,10 +536,41 @@ class LedgerCallback(_CallbackBase):
         entries = self.ledger["trials"]
         for trial in trials:
             entry = entries.get(trial.trial_id)
-            if entry is None or entry["status"] != trial.status:
-                self._entry(trial)["status"] = trial.status
+            status = ledger_status(trial.status, None if entry is None else entry["status"])
+            if entry is None or entry["status"] != status:
+                self._entry(trial)["status"] = status
                 changed = True
         return changed
+
+    def _sweep_max_t(self) -> int | None:
+        """The scheduler's ``max_t`` from ``seltune/sweep.json`` (read once)."""
+        if self._max_t is None:
+            from tuning.experiment import load_spec
+
+            spec_file = seltune_dir(Path(self.experiment_dir)) / "sweep.json"
+            if spec_file.is_file():
+                self._max_t = int(load_spec(Path(self.experiment_dir)).scheduler["max_t"])
+        return self._max_t
+
+    def ran_to_end(self, trial) -> bool:
+        """Whether ``trial``, which Tune has just completed, is really finished.
+
+        Tune completes a trial when its training function returned (its last result
+        carries ``done``), when it reached ``max_t``, or when ASHA stopped it (recorded
+        in ``seltune/asha_state.json`` before Tune acts on the decision). Anything else
+        (a trial stopped because the driver was interrupted) is resumable, not finished.
+        """
+        from tuning.experiment import load_asha_state
+
+        result = trial.last_result or {}
+        if result.get("done"):
+            return True
+        iteration = result.get("training_iteration")
+        max_t = self._sweep_max_t()
+        if isinstance(iteration, int) and max_t is not None and iteration >= max_t:
+            return True
+        asha = load_asha_state(Path(self.experiment_dir)) or {}
+        return trial.trial_id in asha.get("stopped", {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         entry = self._entry(trial)
@@ -532,7 +581,7 @@ class LedgerCallback(_CallbackBase):
         self._write()  # throttled; on_step_end flushes the rest
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._entry(trial)["status"] = "TERMINATED"
+        self._entry(trial)["status"] = "TERMINATED" if self.ran_to_end(trial) else INTERRUPTED
         self._sync_statuses([t for t in trials if t is not trial])
         self._write(force=True)
 
@@ -587,6 +636,9 @@ class ProgressCallback(_CallbackBase):
         self.baselines = baselines
         self._last = 0.0
         self._changed = False
+        # Trials seen finishing (or finished when this driver started): Tune calls a
+        # trial it stops on Ctrl-C TERMINATED as well, shown here as INTERRUPTED.
+        self._ended: set[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"metric": self.metric, "extra": self.extra, "interval": self.interval,
@@ -599,11 +651,15 @@ class ProgressCallback(_CallbackBase):
         from tuning.cli.output import print_table
 
         rows = []
+        ended = self._ended or set()
         for t in trials:
             r = t.last_result or {}
-            rows.append([t.trial_id, t.status, r.get("training_iteration"),
+            status = t.status
+            if status == "TERMINATED" and t.trial_id not in ended:
+                status = INTERRUPTED
+            rows.append([t.trial_id, status, r.get("training_iteration"),
                          r.get(self.metric), *[r.get(m) for m in self.extra]])
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        done = sum(t.status == "ERROR" or t.trial_id in ended for t in trials)
         title = f"trials: {done}/{self.total or len(trials)} finished"
         baselines = self.baselines or {}
         best = baselines.get("best")
@@ -613,10 +669,17 @@ class ProgressCallback(_CallbackBase):
         print_table(title, ["trial", "status", "iter", self.metric, *self.extra], rows,
                     stderr=True)
 
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._ended is None:  # restored trials that had finished before this driver
+            self._ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._changed = True
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self._ended is None:
+            self._ended = set()
+        self._ended.add(trial.trial_id)
         r = trial.last_result or {}
         value = r.get(self.metric)
         text = "-" if value is None else f"{value:.4f}"
@@ -627,6 +690,9 @@ class ProgressCallback(_CallbackBase):
         self._changed = True
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if self._ended is None:
+            self._ended = set()
+        self._ended.add(trial.trial_id)
         print(f"[seltune] trial {trial.trial_id} failed (see its error.txt)",
               file=sys.stderr, flush=True)
         self._changed = True
@@ -695,16 +761,52 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     try:
         if bundle is None:
             bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
-        _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
-             progress_interval=progress_interval)
+        interrupted = _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
+                           progress_interval=progress_interval)
     finally:
         set_running_experiment(None)
         release_driver(path)
-    return experiment_status(path)
+    status = experiment_status(path)
+    if interrupted:
+        finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
+        print(f"[seltune] interrupted with {finished}/{spec.num_samples} trials finished "
+              f"(unfinished ones continue from their last checkpoint); continue it with: "
+              f"seltune resume {spec.location}", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+    return status
+
+
+def fit_noting_interrupt(tuner) -> bool:
+    """``tuner.fit()``; True when it ended because of SIGINT (Ctrl-C) or SIGUSR1.
+
+    Tune catches the first SIGINT itself: it stops the trials, saves its state one
+    last time and returns normally. Its handler then puts back the handler it found,
+    so the one installed here is the SIGINT handler again exactly when Tune was
+    interrupted (and a second Ctrl-C raises KeyboardInterrupt at once, as Python's does).
+    """
+    import signal
+    import threading
+
+    if (threading.current_thread() is not threading.main_thread()
+            or int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))):
+        tuner.fit()  # Tune handles no SIGINT here: a Ctrl-C raises KeyboardInterrupt
+        return False
+
+    def second_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, second_interrupt)
+    try:
+        tuner.fit()
+        return signal.getsignal(signal.SIGINT) is second_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
-         progress_interval: float) -> None:
+         progress_interval: float) -> bool:
+    """Run Tune for ``spec``; True when the driver was interrupted (Ctrl-C)."""
     from ray import tune
 
     from tuning.ray_runtime import ray_session
@@ -770,7 +872,7 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                     verbose=0,
                 ),
             )
-        tuner.fit()
+        return fit_noting_interrupt(tuner)
 
 
 def selection_view(bundle: Any) -> Any:

@@ -67,3 +67,75 @@ def test_stdout_to_stderr_keeps_stdout_for_the_json_object():
                          check=True, cwd=os.getcwd())
     assert json.loads(out.stdout) == {"ok": True}
     assert "noise from python" in out.stderr and "noise from a child process" in out.stderr
+
+
+# --------------------------------------------------------------- Ctrl-C (issue 15, defect 1)
+def _done_trial(tid, iteration, **result):
+    return SimpleNamespace(trial_id=tid, status="TERMINATED", config={}, storage=None,
+                           last_result={"training_iteration": iteration, **result})
+
+
+def _ledger_cb(tmp_path, stopped=()):
+    spec = make_spec(tmp_path, name="exp")  # ASHA max_t = 3
+    (tmp_path / "exp" / "seltune").mkdir(parents=True)
+    save_spec(spec)
+    if stopped:
+        write_json(tmp_path / "exp" / "seltune" / "asha_state.json",
+                   {"stopped": {t: {"iteration": 1, "value": 0.5} for t in stopped}})
+    return LedgerCallback(str(tmp_path / "exp"))
+
+
+def test_a_trial_tune_stops_on_interrupt_is_interrupted_not_terminated(tmp_path):
+    cb = _ledger_cb(tmp_path, stopped=("asha",))
+    trials = [_done_trial("half", 1), _done_trial("end", 3), _done_trial("ret", 2, done=True),
+              _done_trial("asha", 1)]
+    for t in trials:
+        cb.on_trial_complete(0, trials, t)
+    statuses = {k: v["status"] for k, v in load_ledger(tmp_path / "exp")["trials"].items()}
+    assert statuses == {"half": "INTERRUPTED", "end": "TERMINATED", "ret": "TERMINATED",
+                        "asha": "TERMINATED"}
+    counts = experiment_status(tmp_path / "exp")["counts"]
+    assert counts == {"INTERRUPTED": 1, "TERMINATED": 2, "STOPPED": 1}
+
+
+def test_terminated_without_completion_is_interrupted(tmp_path):
+    # Tune's cleanup after Ctrl-C sets RUNNING and never-started trials TERMINATED
+    # without on_trial_complete; the ledger only hears it at on_step_end/experiment end.
+    cb = _ledger_cb(tmp_path)
+    cb.on_trial_complete(0, [], _done_trial("a", 3))
+    never = SimpleNamespace(trial_id="b", status="TERMINATED", config={}, storage=None,
+                            last_result={})
+    cb.on_experiment_end([_done_trial("a", 3), never])
+    statuses = {k: v["status"] for k, v in load_ledger(tmp_path / "exp")["trials"].items()}
+    assert statuses == {"a": "TERMINATED", "b": "INTERRUPTED"}
+    # resumed later: Tune runs it again, then completes it for real
+    cb.on_step_end(1, [SimpleNamespace(trial_id="b", status="RUNNING", config={}, storage=None)])
+    assert cb.ledger["trials"]["b"]["status"] == "RUNNING"
+
+
+def test_fit_noting_interrupt_sees_tunes_sigint_handler_put_back():
+    import signal
+
+    from tuning.sweep import fit_noting_interrupt
+
+    class FakeTuner:
+        """Does what tune.run does with SIGINT: install a handler that, when called,
+        puts back the one it found."""
+
+        def __init__(self, interrupt):
+            self.interrupt = interrupt
+
+        def fit(self):
+            original = signal.getsignal(signal.SIGINT)
+
+            def tune_handler(sig, frame):
+                signal.signal(signal.SIGINT, original)
+
+            signal.signal(signal.SIGINT, tune_handler)
+            if self.interrupt:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    assert fit_noting_interrupt(FakeTuner(False)) is False
+    assert fit_noting_interrupt(FakeTuner(True)) is True
+    assert signal.getsignal(signal.SIGINT) is before

@@ -110,5 +110,5 @@ def test_check_expert_order_messages():
     check_expert_order(["a", "b"], ["a", "b"], checkpoint="c.ckpt", bundle="B")
     with pytest.raises(InputError, match=r"re-import with --experts b,a"):
         check_expert_order(["b", "a"], ["a", "b"], checkpoint="c.ckpt", bundle="B")
-    with pytest.raises(InputError, match=r"experts \['a', 'x'\] are not the checkpoint's"):
+    with pytest.raises(InputError, match=r"experts \['a', 'x'\] \(E=2\) are not the checkpoint's"):
         check_expert_order(["a", "b"], ["a", "x"], checkpoint="c.ckpt", bundle="B")

@@ -8,50 +8,29 @@ the search); the others use tiny bundles and shrunk schedules.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
+from cli_env import private_env, run_seltune, write_small_bundles
 
 pytestmark = pytest.mark.integration
 
-SELTUNE = [sys.executable, "-m", "tuning.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 TOL = 0.005
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    ray_tmp = tempfile.mkdtemp(prefix="st-op-", dir="/tmp")  # short: unix socket paths
-    e = dict(os.environ, RAY_TMPDIR=ray_tmp, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
-             PYTHONPATH=str(ROOT), SELTUNE_CACHE=str(tmp_path_factory.mktemp("cache")))
-    e.pop("RAY_ADDRESS", None)
-    yield e
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    yield from private_env("st-op-", SELTUNE_CACHE=str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    from core.bundles import save_bundle
-    from core.synth import synth_argse_bundle, synth_stage1_bundle
-
-    root = tmp_path_factory.mktemp("bundles")
-    save_bundle(synth_argse_bundle(classes=20, n_max=100, per_class=(15, 10, 20)),
-                root / "argse")
-    save_bundle(synth_stage1_bundle(sizes=(600, 300, 300), dim=16), root / "stage1")
-    return root
+    return write_small_bundles(tmp_path_factory.mktemp("bundles"))
 
 
-def seltune(env, *args, timeout=600) -> subprocess.CompletedProcess:
-    p = subprocess.run([*SELTUNE, *map(str, args)], env=env, cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
-    assert p.returncode == 0, f"seltune {' '.join(map(str, args))} failed:\n{p.stderr[-4000:]}"
-    return p
+def seltune(env, *args, timeout=600):
+    return run_seltune(env, *args, timeout=timeout)
 
 
 def ledger(exp: Path) -> dict:

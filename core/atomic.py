@@ -15,6 +15,33 @@ from pathlib import Path
 
 from core.errors import InputError
 
+#: ``SELTUNE_FAULT=POINT[:N[:SIGNAL]]``: the fault-injection suite's kill point
+#: (``tests/integration/test_faults.py``). The process sends itself ``SIGNAL`` (``KILL``
+#: by default, or ``INT``) the ``N``-th time (default 1) it reaches ``POINT``. Off
+#: unless set; when off, a fault point costs one comparison with None.
+FAULT_POINTS = ("after_tuner_pkl", "before_first_snapshot", "after_trial_result",
+                "during_export")
+_FAULT = os.environ.get("SELTUNE_FAULT") or None
+_FAULT_SEEN: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Die here if ``SELTUNE_FAULT`` names this point (see :data:`FAULT_POINTS`)."""
+    if _FAULT is None:
+        return
+    point, _, rest = _FAULT.partition(":")
+    if point != name:
+        return
+    count, _, sig = rest.partition(":")
+    _FAULT_SEEN[name] = _FAULT_SEEN.get(name, 0) + 1
+    if _FAULT_SEEN[name] == int(count or 1):
+        import signal
+        import sys
+
+        print(f"[seltune] SELTUNE_FAULT: SIG{sig or 'KILL'} at {name}", file=sys.stderr,
+              flush=True)
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
+
 
 def check_output_path(out: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output path unless ``overwrite``; returns it as a Path."""
@@ -40,6 +67,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("during_export")  # contents written, not yet renamed into place
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)

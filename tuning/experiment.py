@@ -29,6 +29,7 @@ moment are not told apart; automatic names carry the second they were made).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -397,9 +398,20 @@ def read_json(path: Path) -> Any:
         raise InputError(f"not valid JSON: {exc}", file=path) from None
 
 
+#: ``sweep.json``'s flag for the default study: the experiment's own
+#: ``seltune/study.db``, wherever the experiment is now (:func:`load_spec` resolves it;
+#: ``study_storage`` beside it keeps the absolute URL of where it was made, for
+#: readers of the raw file). So a moved experiment finds its study, and a copied one
+#: uses its own copy of it, never the original's.
+STUDY_IN_EXPERIMENT = "study_in_experiment"
+
+
 def save_spec(spec: SweepSpec) -> Path:
     path = seltune_dir(spec.path) / SPEC_FILE
-    write_json(path, spec.to_dict())
+    data = spec.to_dict()
+    if spec.uri is None and spec.study_storage == default_study_storage(spec.path):
+        data[STUDY_IN_EXPERIMENT] = True
+    write_json(path, data)
     # resume reconnects to the study with the saved URL, which may carry a database
     # password: keep the spec readable by its owner only.
     path.chmod(0o600)
@@ -409,7 +421,9 @@ def save_spec(spec: SweepSpec) -> Path:
 
 def load_spec(experiment_dir: Path) -> SweepSpec:
     path = seltune_dir(experiment_dir) / SPEC_FILE
-    spec = SweepSpec.from_dict(read_json(path), source=path)
+    data = read_json(path)
+    spec = SweepSpec.from_dict(data, source=path)
+    own_study = data.get(STUDY_IN_EXPERIMENT) is True
     source = mirror_source(seltune_dir(experiment_dir))
     if source is not None:  # the mirror of an experiment in object storage
         spec.storage, spec.name = source
@@ -417,7 +431,50 @@ def load_spec(experiment_dir: Path) -> SweepSpec:
     # The directory may have been moved (or mounted elsewhere): trust where it is now.
     here = Path(experiment_dir).resolve()
     spec.storage, spec.name = str(here.parent), here.name
+    spec.study_storage = _study_here(spec.study_storage, here, own_study)
     return spec
+
+
+def _study_here(url: str, here: Path, own_study: bool) -> str:
+    """The study URL for the experiment now at ``here``: its own database when
+    ``sweep.json`` says so (:data:`STUDY_IN_EXPERIMENT`), or (sweeps saved before the
+    flag existed) when the URL is an absolute ``.../seltune/study.db`` of another
+    directory while this one has its own ``seltune/study.db`` (moved or copied)."""
+    own = default_study_storage(here)
+    if own_study:
+        return own
+    prefix = "sqlite:///"
+    if (url.startswith(prefix) and url != own and url.endswith(f"/{SELTUNE_DIR}/{STUDY_FILE}")
+            and (seltune_dir(here) / STUDY_FILE).is_file()):
+        return own
+    return url
+
+
+def check_study_db(spec: SweepSpec) -> None:
+    """Before a resume: the in-experiment study database must be there and be one.
+
+    It may be missing only while the sweep has no trial yet (the driver died before the
+    searcher created it). Raises InputError (one line) for a deleted or corrupt file.
+    """
+    import sqlite3
+
+    if spec.study_storage != default_study_storage(spec.path):
+        return
+    db = seltune_dir(spec.path) / STUDY_FILE
+    if not db.is_file():
+        if load_ledger(spec.path)["trials"]:
+            raise InputError("the study database is missing (deleted?); the Optuna history "
+                             "of this sweep is gone", file=db,
+                             expected="the experiment's own seltune/study.db (restore it "
+                             "from a backup, or start a new sweep)")
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            con.execute("SELECT study_name FROM studies").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"not a readable Optuna study database ({exc})", file=db,
+                         expected="the SQLite study written by `seltune sweep` (restore it "
+                         "from a backup, or start a new sweep)") from None
 
 
 #: The experiment directory of the sweep this process is driving (set by

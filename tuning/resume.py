@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
-from tuning.experiment import find_experiment, load_spec, read_json, seltune_dir, write_json
+from tuning.experiment import (
+    check_study_db,
+    find_experiment,
+    load_spec,
+    read_json,
+    seltune_dir,
+    write_json,
+)
 from tuning.remote import publish, unpublish
 
 DRIVER_FILE = "driver.json"
@@ -86,9 +93,19 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
 
     path = find_experiment(experiment, storage)
     spec = load_spec(path)
+    check_study_db(spec)
+    if spec.uri is None:  # the study a copied experiment would share: refused
+        from tuning.experiment import default_study_storage
+        from tuning.study_db import claim_study
+
+        claim_study(spec.study_storage, spec.study_name, path,
+                    own_db=spec.study_storage == default_study_storage(path))
     if address:
         spec.address = address
-    if not tune.Tuner.can_restore(spec.location):
+    # A local experiment whose driver died before Tune wrote tuner.pkl or its first
+    # snapshot is continued from the sweep's own ledger and study (tuning.sweep.
+    # restart_from_ledger); one in object storage needs Tune's state to be there.
+    if spec.uri is not None and not tune.Tuner.can_restore(spec.location):
         raise InputError("the sweep never got far enough to be resumed (no tuner.pkl)",
                          file=spec.location, expected="an experiment started by `seltune sweep`; "
                          "start a new sweep instead")

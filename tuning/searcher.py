@@ -331,6 +331,45 @@ class SeltuneOptunaSearch(OptunaSearch):
         return failed
 
 
+def fail_unfinished_trials(study_storage: str, study_name: str,
+                           experiment: str) -> tuple[list[int], int]:
+    """Tell FAIL (as ``orphaned``) every trial of ``experiment`` in the study that is
+    still RUNNING: a resume that cannot use Ray's snapshot starts a fresh searcher,
+    which must count only trials that finished (or are retried) toward ``num_samples``.
+
+    A trial counts as the experiment's when its ``seltune_experiment`` attribute names
+    it, or when it has none yet (asked by the dead driver a moment before it was killed)
+    in a study named after the experiment. Returns the failed trial
+    numbers and how many trials the study has (0 when the study does not exist yet).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuning.study_db import open_study_storage
+
+    storage = open_study_storage(study_storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # the driver died before the searcher created the study
+        return [], 0
+    failed = []
+    trials = study.get_trials(deepcopy=False)
+    for frozen in trials:
+        if frozen.state != TrialState.RUNNING:
+            continue
+        attrs = frozen.user_attrs
+        ours = attrs.get("seltune_experiment") == experiment or (
+            "seltune_experiment" not in attrs and study_name == experiment)
+        if not ours:
+            continue
+        storage.set_trial_user_attr(frozen._trial_id, "orphaned",
+                                    "running when its driver died; restarted without "
+                                    "Ray's snapshot")
+        study.tell(frozen.number, state=TrialState.FAIL)
+        failed.append(frozen.number)
+    return failed, len(trials)
+
+
 SAMPLERS = ("tpe", "random")
 
 #: The study trial's user attribute with the realised distance of its coverage from the
@@ -461,6 +500,22 @@ def _notify_stopped(tune_controller, trial_id: str, result: dict | None) -> None
             searcher.mark_stopped_early(trial_id, result)
 
 
+def ledger_finished(seltune_dir: Path) -> set[str]:
+    """Trial ids the sweep's ledger (``seltune/trials.json``) records as finished.
+
+    The ledger is written when a trial ends; Ray's snapshot every few seconds. A trial
+    that finished in between comes back from ``Tuner.restore`` as unfinished, and the
+    scheduler stops it before it runs again (the ledger is the source of truth).
+    """
+    from tuning.experiment import LEDGER_FILE, load_ledger
+
+    if not (seltune_dir / LEDGER_FILE).is_file():
+        return set()
+    trials = load_ledger(seltune_dir.parent)["trials"]
+    return {tid for tid, e in trials.items() if isinstance(e, dict)
+            and e.get("status") == "TERMINATED"}
+
+
 class PersistentASHA(AsyncHyperBandScheduler):
     """ASHA whose rung decisions are written to ``state_path`` and reloaded on restore.
 
@@ -477,6 +532,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         self._state_path = str(state_path)
         self._stopped: dict[str, dict[str, Any]] = {}
         self._loaded = False
+        self._finished: set[str] = set()
 
     # -- persistence -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -513,6 +569,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         path = Path(self._state_path)
         if path.is_file():
             self.load_state_dict(json.loads(path.read_text()))
+        self._finished = ledger_finished(path.parent)
 
     def _save(self) -> None:
         from tuning.remote import publish
@@ -556,6 +613,8 @@ class PersistentASHA(AsyncHyperBandScheduler):
         if trial.trial_id in self._stopped:  # brought back by a restore: stays stopped
             _notify_stopped(tune_controller, trial.trial_id, None)
             return TrialScheduler.STOP
+        if trial.trial_id in self._finished:  # finished after Ray's last snapshot
+            return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
         iteration = result.get(self._time_attr)
         if action == TrialScheduler.STOP and iteration is not None and iteration < self._max_t:
@@ -587,6 +646,11 @@ class PersistentASHA(AsyncHyperBandScheduler):
                 # Restored from a snapshot older than the stop decision: stop it again,
                 # and make sure the searcher records it as pruned.
                 _notify_stopped(tune_controller, trial.trial_id, None)
+                tune_controller.stop_trial(trial)
+            elif trial.trial_id in self._finished and trial.status in (Trial.PENDING,
+                                                                       Trial.PAUSED):
+                # The ledger says it ran to its end after Ray's last snapshot: it is not
+                # run again (its result.json and checkpoints are complete).
                 tune_controller.stop_trial(trial)
         return super().choose_trial_to_run(tune_controller)
 

@@ -96,3 +96,40 @@ def open_study_storage(url: str):
         # Connections opened while Optuna created its tables predate the listener.
         storage.engine.dispose()
     return storage
+
+
+#: The study's user attribute naming the experiment directory that drives it.
+OWNER_ATTR = "seltune_experiment_dir"
+
+
+def claim_study(url: str, study_name: str, experiment_dir: Path, *, own_db: bool) -> None:
+    """Record ``experiment_dir`` as the study's experiment; refuse a copied experiment.
+
+    A copy of an experiment whose study lives outside it (``--study-storage``) would
+    write into the original's study. It is recognised by the study naming another
+    experiment directory that still exists, and refused; a moved experiment (the old
+    directory is gone) and one whose study is its own ``seltune/study.db`` (a copy has
+    its own copy) take the study over. A study not created yet is left alone.
+
+    Raises:
+        InputError: ``experiment_dir`` is a copy of an experiment that still uses the study.
+    """
+    import optuna
+
+    from core.errors import InputError
+
+    storage = open_study_storage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # the driver died before the searcher created it
+        return
+    here = str(Path(experiment_dir).resolve())
+    owner = study.user_attrs.get(OWNER_ATTR)
+    if owner == here:
+        return
+    if owner and not own_db and (Path(owner) / "seltune" / "sweep.json").is_file():
+        raise InputError(f"this experiment is a copy of {owner}, whose study it would write "
+                         f"into", file=here, field="study_storage", value=url,
+                         expected="`seltune resume` of the original, or a new sweep "
+                         "(--warm-start can reuse its history)")
+    study.set_user_attr(OWNER_ATTR, here)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.atomic import fault_point
 from core.errors import InputError
 from tuning.experiment import (
     ASHA_FILE,
@@ -234,6 +235,11 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     from tuning.ray_runtime import resolve_address
 
     address = resolve_address(opts.address)
+    if address == "local":  # a cluster's nodes are known once connected (_fit)
+        from tuning.resources import check_resources, local_nodes
+
+        check_resources(local_nodes(opts.num_cpus), cpus_per_trial=opts.cpus_per_trial,
+                        gpus_per_trial=opts.gpus_per_trial, num_cpus=opts.num_cpus)
     storage = resolve_storage(opts.storage)
     if opts.study_storage:
         _check_study_url(opts.study_storage)
@@ -505,7 +511,8 @@ class LedgerCallback(_CallbackBase):
         entry = trials.get(trial.trial_id)
         if entry is None:
             entry = trials[trial.trial_id] = {
-                "trial_id": trial.trial_id, "order": len(trials), "status": trial.status,
+                "trial_id": trial.trial_id, "order": len(trials),
+                "status": ledger_status(trial.status, None),
                 "config": {},
                 "dir": None, "iterations": 0, "error": None, "history": {},
             }
@@ -579,9 +586,17 @@ class LedgerCallback(_CallbackBase):
         entry["iterations"] = max(int(entry.get("iterations", 0)), it)
         entry["status"] = trial.status
         self._write()  # throttled; on_step_end flushes the rest
+        fault_point("after_trial_result")
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        fault_point("before_first_snapshot")  # the first start comes before Ray's snapshot
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._entry(trial)["status"] = "TERMINATED" if self.ran_to_end(trial) else INTERRUPTED
+        entry = self._entry(trial)
+        # Finished before Ray's last snapshot said so: the scheduler stops its restored
+        # copy before it runs (PersistentASHA), and it stays finished.
+        if entry["status"] != "TERMINATED":
+            entry["status"] = "TERMINATED" if self.ran_to_end(trial) else INTERRUPTED
         self._sync_statuses([t for t in trials if t is not trial])
         self._write(force=True)
 
@@ -750,12 +765,16 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     The data bundle is loaded here once if not given, and shipped to trials through
     the object store.
     """
+    from tuning.resources import check_resources, local_nodes
     from tuning.resume import claim_driver, release_driver
     from tuning.status import experiment_status
 
     _env_for_tune()
     info = TRAINABLES[spec.trainable]
     path = spec.path
+    if spec.address == "local":  # e.g. `seltune resume --num-cpus 1` of a 2-CPU sweep
+        check_resources(local_nodes(num_cpus), cpus_per_trial=spec.cpus_per_trial,
+                        gpus_per_trial=spec.gpus_per_trial, num_cpus=num_cpus)
     claim_driver(path)
     set_running_experiment(path)
     try:
@@ -823,23 +842,37 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
             from tuning.storage_check import check_storage_reachable
 
             check_storage_reachable(spec.storage)
+            from tuning.resources import check_resources, cluster_nodes
+
+            check_resources(cluster_nodes(), cpus_per_trial=spec.cpus_per_trial,
+                            gpus_per_trial=spec.gpus_per_trial,
+                            where=f"the cluster at {spec.address}")
         # trials (and the baselines) never read the test split: keep it out of the store
         bundle = selection_view(bundle)
         baselines = sweep_baselines(spec, bundle)
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial, baselines=baselines)
-        if resume:
+        restart = resume and not ray_snapshot_usable(spec)
+        if resume and not restart:
             # A URI for an experiment in object storage: Tune reads its state from there.
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        restart_errored=False)
         else:
+            points = spec.points_to_evaluate
+            if restart:
+                points = restart_from_ledger(spec)
             searcher = build_searcher(
                 spec.space, spec.metrics, spec.modes, spec.seed, spec.study_storage,
-                spec.study_name, spec.sampler, experiment=spec.name,
-                num_samples=spec.num_samples, points_to_evaluate=spec.points_to_evaluate,
+                spec.study_name, spec.sampler, experiment=spec.study_name,
+                num_samples=spec.num_samples, points_to_evaluate=points,
                 max_coverage_gap=None if spec.coverage is None else spec.max_coverage_gap)
+            if spec.uri is None:
+                from tuning.study_db import claim_study
+
+                claim_study(spec.study_storage, spec.study_name, path,
+                            own_db=spec.study_storage == default_study_storage(path))
             if spec.warm_start:
                 from tuning.searcher import add_history
 
@@ -872,7 +905,69 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                     verbose=0,
                 ),
             )
+            fault_point("after_tuner_pkl")  # Tuner() has written tuner.pkl
         return fit_noting_interrupt(tuner)
+
+
+#: Where a restart without Ray's snapshot moves Ray's unreadable state files.
+UNUSABLE_RAY_STATE = "unusable-ray-state"
+_RAY_STATE_GLOBS = ("experiment_state-*.json", "search_gen_state-*.json",
+                    "searcher-state-*.pkl")
+
+
+def ray_snapshot_usable(spec: SweepSpec) -> bool:
+    """Whether ``Tuner.restore`` can continue ``spec`` from Ray's last snapshot.
+
+    It can when ``tuner.pkl`` exists and the newest ``experiment_state-*.json`` and
+    its session's ``search_gen_state-*.json`` parse and its ``searcher-state-*.pkl`` is
+    not empty. A driver killed between ``tuner.pkl`` and Ray's first snapshot, or in
+    the middle of writing one, leaves none (``Tuner.restore`` then restores a search
+    generator that thinks the sweep has one trial). An experiment in object storage is
+    left to Tune (its snapshot is read from the URI).
+    """
+    import json
+
+    if spec.uri is not None:
+        return True
+    path = spec.path
+    if not (path / "tuner.pkl").is_file():
+        return False
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        return False
+    session = states[-1].name[len("experiment_state-"):-len(".json")]
+    try:
+        json.loads(states[-1].read_text())
+        json.loads((path / f"search_gen_state-{session}.json").read_text())
+        return (path / f"searcher-state-{session}.pkl").stat().st_size > 0
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def restart_from_ledger(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Prepare a resume without Ray's snapshot: the ledger and the study decide.
+
+    Ray's unreadable state files are moved to ``seltune/unusable-ray-state/`` (a fresh
+    Tuner writes new ones in the same directory); every study trial of this sweep still
+    RUNNING is told FAIL as orphaned, so the searcher counts only trials that finished
+    (:meth:`~tuning.searcher.SeltuneOptunaSearch.trials_started`); the ledger moves the
+    unfinished trials to ``lost`` on the first step (:class:`LedgerCallback`). Returns
+    the warm-start points still to evaluate: none when the study already has trials
+    (the first driver enqueued them; Optuna hands out the ones not yet asked first).
+    """
+    from tuning.searcher import fail_unfinished_trials
+
+    aside = seltune_dir(spec.path) / UNUSABLE_RAY_STATE
+    for pattern in _RAY_STATE_GLOBS:
+        for file in spec.path.glob(pattern):
+            aside.mkdir(exist_ok=True)
+            os.replace(file, aside / file.name)
+    failed, existing = fail_unfinished_trials(spec.study_storage, spec.study_name,
+                                              spec.study_name)
+    print(f"[seltune] no usable Ray snapshot in {spec.location}: continuing from the "
+          f"sweep's ledger and study ({len(failed)} unfinished trial(s) replaced)",
+          file=sys.stderr, flush=True)
+    return [] if existing else list(spec.points_to_evaluate)
 
 
 def selection_view(bundle: Any) -> Any:
@@ -925,5 +1020,17 @@ def run_sweep(opts: SweepOptions, *, progress_interval: float = 10.0) -> dict[st
     print(f"[seltune] experiment {spec.location} ({spec.trainable}, {spec.num_samples} trials, "
           f"metric {','.join(spec.metrics)} {','.join(spec.modes)})", file=sys.stderr,
           flush=True)
-    return execute(spec, bundle, num_cpus=opts.num_cpus, progress_interval=progress_interval)
+    from tuning.resources import ResourceError
+
+    try:
+        return execute(spec, bundle, num_cpus=opts.num_cpus,
+                       progress_interval=progress_interval)
+    except ResourceError:
+        # A cluster too small for one trial is found once connected: the experiment
+        # just made (nothing of Tune's in it yet) is removed, as if never started.
+        if spec.uri is None and not (spec.path / "tuner.pkl").exists():
+            import shutil
+
+            shutil.rmtree(spec.path)
+        raise
 

@@ -279,3 +279,23 @@ def test_searcher_stops_at_num_samples_counted_in_the_study(url, tmp_path):
                            experiment="f", num_samples=1)
     assert isinstance(other.suggest("x"), dict)
     assert other.suggest("y") == Searcher.FINISHED
+
+
+def test_a_trial_the_ledger_says_finished_is_not_run_again(tmp_path, url):
+    # Finished after Ray's last snapshot (issue 15, defect 3): Tune restores it PENDING.
+    from tuning.experiment import write_json
+
+    seltune = tmp_path / "exp" / "seltune"
+    write_json(seltune / "trials.json", {"trials": {
+        "done": {"trial_id": "done", "status": "TERMINATED", "history": {}},
+        "half": {"trial_id": "half", "status": "RUNNING", "history": {}}}})
+    sched = asha(seltune / "asha_state.json")
+    again = pickle.loads(pickle.dumps(sched))
+    done, half = trial("done", "PENDING"), trial("half", "PENDING")
+    ctl = Controller(search_alg=None, trials=[done, half], stopped=[])
+    for t in (done, half):
+        again.on_trial_add(ctl, t)
+    again.choose_trial_to_run(ctl)
+    assert ctl.stopped == ["done"]
+    assert again.on_trial_result(ctl, trial("done"), res(2, 0.1)) == TrialScheduler.STOP
+    assert again.on_trial_result(ctl, half, res(2, 0.1)) == TrialScheduler.CONTINUE

@@ -290,11 +290,19 @@ def _brief(arr: Any) -> Any:
 # --------------------------------------------------------------------------- validation
 
 
+#: Elements checked at a time by _check_finite: a whole-array mask would add a quarter of
+#: a float32 bundle to the peak memory of every load.
+_FINITE_CHUNK = 1 << 22
+
+
 def _check_finite(values: np.ndarray, source: Any, name: str) -> None:
     if values.dtype.kind != "f":
         raise InputError(file=source, field=name, value=str(values.dtype),
                          expected="floating-point values")
-    if not np.isfinite(values).all():
+    flat = values.reshape(-1)  # a view for the contiguous arrays bundles hold
+    ok = all(np.isfinite(flat[i:i + _FINITE_CHUNK]).all()
+             for i in range(0, flat.size, _FINITE_CHUNK))
+    if not ok:
         bad = np.argwhere(~np.isfinite(values))[0]
         raise InputError(
             f"non-finite value {float(values[tuple(bad)])!r} at index {bad.tolist()}",

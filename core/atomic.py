@@ -43,23 +43,64 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
 
 
-def check_output_path(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output path unless ``overwrite``; returns it as a Path."""
+#: Files by which a directory is recognised as one seltune wrote, and may be replaced
+#: with ``--overwrite``: a bundle (``manifest.json``), a training run or an export
+#: (``metrics.json`` / ``best_config.json``), a Stage-1 training checkpoint
+#: (``state.pt`` with ``config.json``).
+SELTUNE_OUTPUT_MARKERS: tuple[tuple[str, ...], ...] = (
+    ("manifest.json",), ("metrics.json",), ("best_config.json",), ("state.pt", "config.json"))
+
+
+def written_by_seltune(path: Path) -> bool:
+    """Whether directory ``path`` is empty or looks like a seltune output (markers)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return not names or any(all(m in names for m in group) for group in SELTUNE_OUTPUT_MARKERS)
+
+
+def check_output_path(out: str | Path, overwrite: bool,
+                      protect: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse an existing output path unless ``overwrite``; returns it as a Path.
+
+    Even with ``overwrite`` only what seltune itself wrote is replaced (a directory
+    :func:`written_by_seltune`): never a regular file, a directory of other files, or a
+    path in ``protect`` (an input of the same command, e.g. ``--from``) or above one.
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
+    target = out.resolve()
+    for source in protect:
+        src = Path(source).resolve()
+        if target == src or target in src.parents:
+            raise InputError("is (or holds) this command's input", file=out,
+                             expected="an output path apart from the input")
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if not overwrite:
         raise InputError(
             "already exists", file=out, expected="a new path (or pass --overwrite)"
         )
+    if not out.is_dir():
+        raise InputError("is not a directory; --overwrite replaces only what seltune wrote",
+                         file=out, expected="a new path, or a bundle/export directory")
+    if not written_by_seltune(out):
+        raise InputError("is a directory seltune did not write (no manifest.json, "
+                         "metrics.json or best_config.json); --overwrite replaces only what "
+                         "seltune wrote", file=out,
+                         expected="a new path, or a bundle/export directory")
     return out
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | Path, overwrite: bool = False,
+               protect: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``out`` when the block succeeds.
 
-    On an exception the temporary directory is removed and ``out`` is untouched.
+    On an exception the temporary directory is removed and ``out`` is untouched. An
+    existing ``out`` is replaced only as :func:`check_output_path` allows.
     """
-    out = check_output_path(out, overwrite)
+    out = check_output_path(out, overwrite, protect)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -18,8 +18,10 @@ What is kept, and how:
   (:class:`tuning.searcher.PersistentASHA`); a trial that was stopped stays stopped
   even if Ray's snapshot still had it RUNNING.
 
-A lock file (``seltune/driver.json``) with the driver's pid refuses a resume while the
-original driver is still alive (on the same host: a pid elsewhere cannot be checked).
+A lock (:func:`claim_driver`: ``flock`` on ``seltune/.driver.lock``, and
+``seltune/driver.json`` with the driver's pid and host) refuses a resume while the
+original driver is still alive; a driver recorded on another host is taken as alive
+unless ``seltune resume --force``.
 
 An experiment in object storage (``URI/NAME``, or ``NAME --storage URI``) is resumed
 the same way: its ``seltune/`` files are downloaded into the local mirror first
@@ -48,43 +50,77 @@ from tuning.remote import publish, unpublish
 DRIVER_FILE = "driver.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (dead, not yet reaped by its parent) is not a running driver.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+#: The lock a live driver holds (``flock``) for as long as it runs: the kernel drops it
+#: when the process dies, SIGKILL included, so it is never stale on this machine.
+LOCK_FILE = ".driver.lock"  # a dot-file: a mirror refresh keeps it (tuning.experiment)
+_HELD: dict[str, int] = {}
 
 
-def claim_driver(experiment_dir: Path) -> None:
-    """Record this process as the experiment's driver; refuse if another one lives."""
-    path = seltune_dir(experiment_dir) / DRIVER_FILE
-    if path.is_file():
-        info = read_json(path)
-        pid = int(info.get("pid", -1))
-        if pid != os.getpid() and pid > 0 and _alive(pid) and info.get("host") == os.uname().nodename:
+def claim_driver(experiment_dir: Path, *, force: bool = False) -> None:
+    """Make this process the experiment's only driver; refuse if another one lives.
+
+    Atomic on one machine: an exclusive ``flock`` on ``seltune/.driver.lock`` (two
+    drivers started at the same instant cannot both get it). ``seltune/driver.json``
+    records the pid and host for people and for other machines (an experiment in object
+    storage is resumed from anywhere): a driver recorded on another host is taken as
+    alive unless ``force`` (``seltune resume --force``, for a driver known to be dead).
+    """
+    import fcntl
+
+    sdir = seltune_dir(experiment_dir)
+    key = str(Path(experiment_dir).resolve())
+    if key not in _HELD:
+        fd = os.open(sdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _recorded(sdir).get("pid", "?")
             raise InputError(f"a driver (pid {pid}) is still running this sweep",
                              file=experiment_dir,
-                             expected="wait for it, or stop it first (it can be resumed)")
+                             expected="wait for it, or stop it first (it can be resumed)"
+                             ) from None
+        _HELD[key] = fd
+    info = _recorded(sdir)
+    host, pid = info.get("host"), info.get("pid")
+    if host not in (None, os.uname().nodename) and not force:
+        release_driver(experiment_dir, keep_record=True)
+        raise InputError(f"a driver on host {host} (pid {pid}) may still be running this "
+                         f"sweep", file=experiment_dir,
+                         expected="stop it first, or `seltune resume --force` if it is dead")
+    path = sdir / DRIVER_FILE
     write_json(path, {"pid": os.getpid(), "host": os.uname().nodename})
     publish(path)
 
 
-def release_driver(experiment_dir: Path) -> None:
-    path = seltune_dir(experiment_dir) / DRIVER_FILE
-    path.unlink(missing_ok=True)
-    unpublish(path)
+def _recorded(sdir: Path) -> dict[str, Any]:
+    """``driver.json``'s content, ``{}`` when absent or unreadable (it is informative)."""
+    path = sdir / DRIVER_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = read_json(path)
+    except InputError:  # half-written by an old seltune, or edited: not a lock any more
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def release_driver(experiment_dir: Path, *, keep_record: bool = False) -> None:
+    """Give up the lock (and, unless ``keep_record``, remove ``driver.json``)."""
+    import fcntl
+
+    if not keep_record:
+        path = seltune_dir(experiment_dir) / DRIVER_FILE
+        path.unlink(missing_ok=True)
+        unpublish(path)
+    fd = _HELD.pop(str(Path(experiment_dir).resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None = None,
-           address: str | None = None) -> dict[str, Any]:
+           address: str | None = None, force: bool = False) -> dict[str, Any]:
     """Continue the sweep; returns its final status (see :mod:`tuning.status`)."""
     from ray import tune
 
@@ -117,4 +153,4 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
         return status
     print(f"[seltune] resuming {spec.location} ({finished}/{spec.num_samples} trials finished)",
           file=sys.stderr, flush=True)
-    return execute(spec, resume=True, num_cpus=num_cpus)
+    return execute(spec, resume=True, num_cpus=num_cpus, force=force)

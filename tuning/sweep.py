@@ -759,7 +759,8 @@ def _loggers(tensorboard: bool) -> list[Any]:
 
 
 def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
-            num_cpus: int | None = None, progress_interval: float = 10.0) -> dict[str, Any]:
+            num_cpus: int | None = None, progress_interval: float = 10.0,
+            force: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the sweep ``spec`` on Ray; return its status.
 
     The data bundle is loaded here once if not given, and shipped to trials through
@@ -775,7 +776,7 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     if spec.address == "local":  # e.g. `seltune resume --num-cpus 1` of a 2-CPU sweep
         check_resources(local_nodes(num_cpus), cpus_per_trial=spec.cpus_per_trial,
                         gpus_per_trial=spec.gpus_per_trial, num_cpus=num_cpus)
-    claim_driver(path)
+    claim_driver(path, force=force)
     set_running_experiment(path)
     try:
         if bundle is None:

@@ -97,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--storage")
     r.add_argument("--num-cpus", type=int)
     r.add_argument("--address", help="override the saved Ray address")
+    r.add_argument("--force", action="store_true", help="take over from a driver recorded "
+                   "on another host that is known to be dead (seltune/driver.json)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=run_resume_cmd)
 
@@ -203,7 +205,7 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
 
     with stdout_to_stderr(args.json):
         status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
-                        address=args.address)
+                        address=args.address, force=args.force)
     if args.json:
         print_json(status)
     else:

@@ -1,0 +1,73 @@
+"""The driver lock is atomic, never stale on one machine, and ``--force`` takes over
+from a dead driver recorded on another host (issue 15, defect 11). No Ray started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.errors import InputError
+from tuning.experiment import read_json, write_json
+from tuning.resume import claim_driver, release_driver
+
+RACE = """
+import sys, time
+from core.errors import InputError
+from tuning.resume import claim_driver
+exp, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    claim_driver(exp)
+except InputError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("claimed", flush=True)
+time.sleep(3)
+"""
+
+
+def _exp(tmp_path):
+    (tmp_path / "exp" / "seltune").mkdir(parents=True)
+    return tmp_path / "exp"
+
+
+def test_two_drivers_at_the_same_instant_one_wins(tmp_path):
+    exp = _exp(tmp_path)
+    start = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(exp), str(start)],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+             for _ in range(6)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(outs) == ["claimed"] + ["refused"] * 5
+
+
+def test_a_killed_driver_leaves_no_stale_lock(tmp_path):
+    exp = _exp(tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", RACE, str(exp), "0"], stdout=subprocess.PIPE,
+                         text=True, cwd=os.getcwd())
+    assert p.stdout is not None and p.stdout.readline().strip() == "claimed"
+    with pytest.raises(InputError, match=rf"a driver \(pid {p.pid}\) is still running"):
+        claim_driver(exp)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    claim_driver(exp)  # its driver.json says pid alive-or-not: the lock says dead
+    assert read_json(exp / "seltune" / "driver.json")["pid"] == os.getpid()
+    release_driver(exp)
+    assert not (exp / "seltune" / "driver.json").exists()
+
+
+def test_a_driver_on_another_host_needs_force(tmp_path):
+    exp = _exp(tmp_path)
+    write_json(exp / "seltune" / "driver.json", {"pid": 123, "host": "elsewhere"})
+    with pytest.raises(InputError, match=r"host elsewhere .*seltune resume --force"):
+        claim_driver(exp)
+    assert read_json(exp / "seltune" / "driver.json")["host"] == "elsewhere"
+    claim_driver(exp, force=True)
+    assert read_json(exp / "seltune" / "driver.json")["host"] == os.uname().nodename
+    release_driver(exp)

@@ -125,10 +125,11 @@ def create_experiment_dir(storage: Path, name: str | None, trainable: str) -> Pa
         try:
             os.mkdir(path)
         except FileExistsError:
-            raise InputError("experiment already exists", file=path,
-                             expected="a new --name (or `seltune resume "
-                             f"{path}` to continue it)") from None
-        (path / SELTUNE_DIR).mkdir()
+            if not _never_started(path):
+                raise InputError("experiment already exists", file=path,
+                                 expected="a new --name (or `seltune resume "
+                                 f"{path}` to continue it)") from None
+        (path / SELTUNE_DIR).mkdir(exist_ok=True)
         return path
     base = auto_name(trainable)
     for i in range(1, 1000):
@@ -141,6 +142,18 @@ def create_experiment_dir(storage: Path, name: str | None, trainable: str) -> Pa
         return path
     raise InputError("no free experiment name", file=storage / base,  # pragma: no cover
                      expected="fewer experiments started in the same second")
+
+
+def _never_started(path: Path) -> bool:
+    """Whether ``path`` is an experiment directory a sweep made and died in before it
+    saved ``seltune/sweep.json`` (nothing but an empty ``seltune/``): its name is free
+    again, since there is nothing to resume."""
+    try:
+        entries = list(path.iterdir())
+        return path.is_dir() and all(e.name == SELTUNE_DIR and e.is_dir()
+                                     and not any(e.iterdir()) for e in entries)
+    except OSError:
+        return False
 
 
 def create_remote_experiment(storage: str, name: str | None, trainable: str) -> Path:

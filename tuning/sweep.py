@@ -783,6 +783,10 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
             bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
         interrupted = _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
                            progress_interval=progress_interval)
+    except KeyboardInterrupt:  # before Tune ran (Ray starting, the baselines), or twice
+        print(f"[seltune] interrupted; continue it with: seltune resume {spec.location}",
+              file=sys.stderr, flush=True)
+        raise
     finally:
         set_running_experiment(None)
         release_driver(path)

@@ -101,3 +101,18 @@ def test_storage_paths(tmp_path):
 def test_default_study_is_sqlite_inside_the_experiment(tmp_path):
     url = default_study_storage(tmp_path / "exp")
     assert url.startswith("sqlite:///") and url.endswith("/exp/seltune/study.db")
+
+
+def test_a_name_whose_sweep_died_before_its_spec_is_free_again(tmp_path):
+    # issue 15, defect 8: neither resumable (no sweep.json) nor reusable
+    from tuning.experiment import create_experiment_dir
+
+    (tmp_path / "early" / "seltune").mkdir(parents=True)
+    assert create_experiment_dir(tmp_path, "early", "argse-selective") == tmp_path / "early"
+    (tmp_path / "early" / "seltune" / "sweep.json").write_text("{}")
+    with pytest.raises(InputError, match="experiment already exists"):
+        create_experiment_dir(tmp_path, "early", "argse-selective")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="experiment already exists"):
+        create_experiment_dir(tmp_path, "user", "argse-selective")

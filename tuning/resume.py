@@ -120,7 +120,8 @@ def release_driver(experiment_dir: Path, *, keep_record: bool = False) -> None:
 
 
 def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None = None,
-           address: str | None = None, force: bool = False) -> dict[str, Any]:
+           address: str | None = None, force: bool = False,
+           trust_experiment: bool = False) -> dict[str, Any]:
     """Continue the sweep; returns its final status (see :mod:`tuning.status`)."""
     from ray import tune
 
@@ -153,4 +154,5 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
         return status
     print(f"[seltune] resuming {spec.location} ({finished}/{spec.num_samples} trials finished)",
           file=sys.stderr, flush=True)
-    return execute(spec, resume=True, num_cpus=num_cpus, force=force)
+    return execute(spec, resume=True, num_cpus=num_cpus, force=force,
+                   trust_experiment=trust_experiment)

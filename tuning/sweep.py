@@ -491,6 +491,8 @@ class LedgerCallback(_CallbackBase):
         self._dirty = False
         self._reconciled = False
         self._max_t: int | None = None
+        self._last_sign = 0.0
+        self._stamps: dict[str, tuple[int, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"experiment_dir": self.experiment_dir}
@@ -630,6 +632,18 @@ class LedgerCallback(_CallbackBase):
     def on_step_end(self, iteration, trials, **info) -> None:
         if self._sync_statuses(trials) or self._dirty:
             self._write()
+        self._sign()
+
+    def _sign(self) -> None:
+        """Sign Tune's snapshot files soon after each snapshot (:mod:`tuning.trust`):
+        a look at their stamps at most twice a second, a signature when they changed."""
+        now = time.monotonic()
+        if now - self._last_sign < 0.5:
+            return
+        self._last_sign = now
+        from tuning.trust import sign
+
+        sign(Path(self.experiment_dir), self._stamps)
 
     def on_experiment_end(self, trials, **info) -> None:
         self._sync_statuses(trials)
@@ -760,7 +774,7 @@ def _loggers(tensorboard: bool) -> list[Any]:
 
 def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
             num_cpus: int | None = None, progress_interval: float = 10.0,
-            force: bool = False) -> dict[str, Any]:
+            force: bool = False, trust_experiment: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the sweep ``spec`` on Ray; return its status.
 
     The data bundle is loaded here once if not given, and shipped to trials through
@@ -782,7 +796,8 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
         if bundle is None:
             bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
         interrupted = _fit(spec, bundle, resume=resume, num_cpus=num_cpus,
-                           progress_interval=progress_interval)
+                           progress_interval=progress_interval,
+                           trust_experiment=trust_experiment)
     except KeyboardInterrupt:  # before Tune ran (Ray starting, the baselines), or twice
         print(f"[seltune] interrupted; continue it with: seltune resume {spec.location}",
               file=sys.stderr, flush=True)
@@ -829,10 +844,11 @@ def fit_noting_interrupt(tuner) -> bool:
 
 
 def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
-         progress_interval: float) -> bool:
+         progress_interval: float, trust_experiment: bool = False) -> bool:
     """Run Tune for ``spec``; True when the driver was interrupted (Ctrl-C)."""
     from ray import tune
 
+    from tuning import trust
     from tuning.ray_runtime import ray_session
     from tuning.searcher import build_scheduler, build_searcher
     from tuning.trainables import build_trainable
@@ -859,11 +875,15 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial, baselines=baselines)
         restart = resume and not ray_snapshot_usable(spec)
+        if resume and not restart and spec.uri is None and not trust_experiment:
+            restart = not trusted_snapshot(spec)  # raises for a folder nobody signed
         if resume and not restart:
             # A URI for an experiment in object storage: Tune reads its state from there.
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        restart_errored=False)
+            if spec.uri is None:
+                trust.sign(path)  # restore rewrites tuner.pkl; --trust-experiment adopts it
         else:
             points = spec.points_to_evaluate
             if restart:
@@ -910,14 +930,46 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
                     verbose=0,
                 ),
             )
+            if spec.uri is None:
+                trust.sign(path)
             fault_point("after_tuner_pkl")  # Tuner() has written tuner.pkl
-        return fit_noting_interrupt(tuner)
+        interrupted = fit_noting_interrupt(tuner)
+        if spec.uri is None:
+            trust.sign(path)  # Tune's last snapshot
+        return interrupted
 
 
 #: Where a restart without Ray's snapshot moves Ray's unreadable state files.
 UNUSABLE_RAY_STATE = "unusable-ray-state"
 _RAY_STATE_GLOBS = ("experiment_state-*.json", "search_gen_state-*.json",
                     "searcher-state-*.pkl")
+
+
+def trusted_snapshot(spec: SweepSpec) -> bool:
+    """Whether every file ``Tuner.restore`` would unpickle is signed by this user
+    (:mod:`tuning.trust`).
+
+    ``tuner.pkl`` unsigned or changed, or no signature at all: the folder is not this
+    user's driver's, refused in one line. Only the newest snapshot's files off: the
+    driver was killed between Tune writing a snapshot and signing it (or someone
+    changed it); they are not read: the resume continues from the sweep's own ledger
+    and study (:func:`restart_from_ledger`), which unpickles nothing. False then.
+
+    Raises:
+        InputError: the refusal, naming the file and ``--trust-experiment``.
+    """
+    from tuning import trust
+
+    found = trust.problems(spec.path)
+    if not found:
+        return True
+    first, why = found[0]
+    if not trust.read_signatures(spec.path) or any(p.name == "tuner.pkl" for p, _ in found):
+        bad = next(((p, w) for p, w in found if p.name == "tuner.pkl"), (first, why))
+        raise trust.refusal(*bad)
+    print(f"[seltune] {first}: {why} by this user's seltune, so Ray's snapshot is not read "
+          f"({trust.TRUST_FLAG} would restore it)", file=sys.stderr, flush=True)
+    return False
 
 
 def ray_snapshot_usable(spec: SweepSpec) -> bool:

@@ -266,6 +266,38 @@ def test_sigkill_during_export_leaves_no_half_export(bundle, tmp_path):
     assert (out / "metrics.json").is_file() and (out / "best_config.json").is_file()
 
 
+PAYLOAD = """
+import os, pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+open(sys.argv[1], "wb").write(pickle.dumps(Payload()))
+"""
+
+
+def test_planted_pickles_are_never_unpickled(bundle, tmp_path):
+    exp, _ = _run_fault(bundle, tmp_path, "after_trial_result:4", "planted")
+    marker = tmp_path / "payload-ran"
+    original = (exp / "tuner.pkl").read_bytes()
+    subprocess.run([sys.executable, "-c", PAYLOAD, str(exp / "tuner.pkl"), str(marker)],
+                   check=True)
+    p = _cli(["resume", str(exp), "--num-cpus", "2"], _env())
+    assert p.returncode == 2 and not marker.exists(), p.stderr[-3000:]
+    line = p.stderr.strip().splitlines()[-1]
+    assert "tuner.pkl: changed since it was signed" in line and "--trust-experiment" in line
+    # the newest snapshot's searcher state planted instead: not read, the resume continues
+    # from the ledger and the study
+    (exp / "tuner.pkl").write_bytes(original)
+    before = snapshot(exp)
+    states = sorted(exp.glob("searcher-state-*.pkl"))
+    if states:
+        subprocess.run([sys.executable, "-c", PAYLOAD, str(states[-1]), str(marker)],
+                       check=True)
+        _resume(exp)
+        assert not marker.exists()
+        check_invariants(exp, before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["after_tuner_pkl", "before_first_snapshot",
                                    "after_trial_result"])

@@ -99,6 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--address", help="override the saved Ray address")
     r.add_argument("--force", action="store_true", help="take over from a driver recorded "
                    "on another host that is known to be dead (seltune/driver.json)")
+    r.add_argument("--trust-experiment", action="store_true",
+                   help="restore Ray's state even if this user's seltune did not sign it "
+                   "(it is unpickled: only for a folder you trust; README 'Trusting an "
+                   "experiment folder')")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=run_resume_cmd)
 
@@ -205,7 +209,8 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
 
     with stdout_to_stderr(args.json):
         status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
-                        address=args.address, force=args.force)
+                        address=args.address, force=args.force,
+                        trust_experiment=args.trust_experiment)
     if args.json:
         print_json(status)
     else:

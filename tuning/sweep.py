@@ -854,6 +854,9 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
     from tuning.trainables import build_trainable
 
     path = spec.path
+    # A folder nobody signed, or a changed tuner.pkl, is refused (one line, before Ray
+    # starts) even when nothing of Ray's would be read: someone put it there.
+    trusted = resume and (spec.uri is not None or trust_experiment or trusted_snapshot(spec))
     with ray_session(spec.address, num_cpus=num_cpus,
                      preload=TRAINABLES[spec.trainable].worker_modules):
         if spec.address != "local":
@@ -874,9 +877,7 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial, baselines=baselines)
-        restart = resume and not ray_snapshot_usable(spec)
-        if resume and not restart and spec.uri is None and not trust_experiment:
-            restart = not trusted_snapshot(spec)  # raises for a folder nobody signed
+        restart = resume and (not ray_snapshot_usable(spec) or not trusted)
         if resume and not restart:
             # A URI for an experiment in object storage: Tune reads its state from there.
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,

@@ -29,6 +29,11 @@ the same invariants are checked (:func:`check_invariants`):
 |                      | newest experiment_state cut     |                           |
 | kill_during_export   | during_export (SIGKILL)         | no half-written --out;    |
 |                      |                                 | the export then succeeds  |
+| planted_pickles      | after_trial_result:8 (SIGKILL), | payload never runs;       |
+|                      | then a __reduce__ payload as    | tuner.pkl: refused in one |
+|                      | tuner.pkl, then as the newest   | line (exit 2); searcher   |
+|                      | searcher-state-*.pkl            | state: not read, resumed  |
+|                      |                                 | from ledger; invariants   |
 +----------------------+---------------------------------+---------------------------+
 
 The long matrix (every point x SIGKILL/SIGINT x several counts) runs under ``-m slow``.
@@ -276,7 +281,7 @@ open(sys.argv[1], "wb").write(pickle.dumps(Payload()))
 
 
 def test_planted_pickles_are_never_unpickled(bundle, tmp_path):
-    exp, _ = _run_fault(bundle, tmp_path, "after_trial_result:4", "planted")
+    exp, _ = _run_fault(bundle, tmp_path, "after_trial_result:8", "planted")
     marker = tmp_path / "payload-ran"
     original = (exp / "tuner.pkl").read_bytes()
     subprocess.run([sys.executable, "-c", PAYLOAD, str(exp / "tuner.pkl"), str(marker)],

@@ -48,7 +48,10 @@ def test_sigkill_then_resume(tmp_path, capsys):
     storage, exp = tmp_path / "runs", tmp_path / "runs" / "killed"
     sweep = [sys.executable, "-m", "tuning.cli", "sweep", "--data", str(tmp_path / "argse"),
              "--num-samples", str(NUM_SAMPLES), "--num-cpus", "2", "--storage", str(storage),
-             "--name", "killed", "--seed", "3", "--set", "stageA_epochs=1", "--set", "cycles=3",
+             "--name", "killed", "--seed", "3", "--space", "argse-selective-seed",
+             # the seed's rule: trials differ (a uniform gate reproduces the baseline in
+             # every trial, and ASHA stops nothing among equals)
+             "--set", "stageA_epochs=1", "--set", "cycles=3",
              "--set", "b1_epochs=3", "--set", "batch_size=64"]
     # Own session: the driver and the Ray processes it starts share one process group.
     driver = subprocess.Popen(sweep, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,

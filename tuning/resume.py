@@ -83,6 +83,13 @@ def claim_driver(experiment_dir: Path, *, force: bool = False) -> None:
         _HELD[key] = fd
     info = _recorded(sdir)
     host, pid = info.get("host"), info.get("pid")
+    if host in (None, os.uname().nodename):
+        # The lock was free, so the driver recorded here is dead: stop what its local
+        # Ray left running (its agents outlive a SIGKILLed driver) and its temp dir.
+        stopped = stop_leftovers(info)
+        if stopped:
+            print(f"[seltune] stopped {stopped} Ray process(es) left by the dead driver "
+                  f"(pid {pid})", file=sys.stderr, flush=True)
     if host not in (None, os.uname().nodename) and not force:
         release_driver(experiment_dir, keep_record=True)
         raise InputError(f"a driver on host {host} (pid {pid}) may still be running this "
@@ -91,6 +98,114 @@ def claim_driver(experiment_dir: Path, *, force: bool = False) -> None:
     path = sdir / DRIVER_FILE
     write_json(path, {"pid": os.getpid(), "host": os.uname().nodename})
     publish(path)
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (``/proc/PID/stat`` field 22), None if gone:
+    with the pid it names one process (a pid alone may have been reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of the live descendants of process ``root`` (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited while listed
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _local_session_dir() -> str | None:
+    """The session directory of the local Ray this process started (None if none)."""
+    from ray._private import worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    getter = getattr(node, "get_session_dir_path", None)
+    return str(getter()) if callable(getter) else None
+
+
+def _holding(session_dir: str) -> list[int]:
+    """Pids of this user's processes with a file open under ``session_dir`` (a Ray
+    session's logs and sockets: only that Ray's processes hold them)."""
+    prefix = session_dir.rstrip("/") + "/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue  # exited, or not ours to look at
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix):
+                    found.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def record_ray_processes(experiment_dir: Path, temp_dir: str | None) -> None:
+    """Add this driver's local Ray (its processes' pids and start times, its session
+    directory) and the Ray temp dir it made (None when it was given one) to
+    ``driver.json``, so the next driver can stop what a SIGKILL leaves behind
+    (:func:`stop_leftovers`)."""
+    sdir = seltune_dir(experiment_dir)
+    info = _recorded(sdir) or {"pid": os.getpid(), "host": os.uname().nodename}
+    procs = [[pid, start] for pid in _descendants(os.getpid())
+             if (start := _start_time(pid)) is not None]
+    info.update(ray_processes=procs, ray_session_dir=_local_session_dir(),
+                ray_temp_dir=temp_dir)
+    path = sdir / DRIVER_FILE
+    write_json(path, info)
+    publish(path)
+
+
+def stop_leftovers(info: dict[str, Any]) -> int:
+    """SIGKILL the recorded processes of a dead driver that still run (same pid and
+    start time; never another process) and remove its own Ray temp dir; returns how
+    many processes were stopped."""
+    import shutil
+    import signal
+
+    stopped = 0
+    targets = []
+    for item in info.get("ray_processes") or []:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], int):
+            targets.append((item[0], item[1]))
+    session = info.get("ray_session_dir")
+    if isinstance(session, str) and "session_" in Path(session).name:
+        # processes Ray started after the record (its agents): they hold its session
+        targets += [(pid, _start_time(pid)) for pid in _holding(session)]
+    for pid, start in dict.fromkeys(targets):
+        if pid != os.getpid() and start is not None and _start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stopped += 1
+            except ProcessLookupError:
+                continue
+    temp = info.get("ray_temp_dir")
+    if isinstance(temp, str) and Path(temp).name.startswith("seltune-ray-"):
+        shutil.rmtree(temp, ignore_errors=True)  # made by that driver for its Ray alone
+    return stopped
 
 
 def _recorded(sdir: Path) -> dict[str, Any]:

@@ -13,7 +13,8 @@ the same invariants are checked (:func:`check_invariants`):
 - the Optuna study agrees with the ledger (COMPLETE = TERMINATED, PRUNED = STOPPED,
   FAIL = ERROR or ``orphaned``), and no study trial of the sweep is left RUNNING;
 - every ``trial_*`` directory is one the ledger names (a finished trial or a ``lost``
-  one), and no process of the resumed driver's Ray is left.
+  one), and no process is left of the resumed driver's Ray, nor of the killed one's
+  (the resume stops what a SIGKILLed driver's local Ray leaves: its agents).
 
 +----------------------+---------------------------------+---------------------------+
 | case                 | fault point                     | checked                   |
@@ -93,21 +94,43 @@ def _kill_group(pgid: int) -> list[int]:
     return left
 
 
-def _cli(args: list[str], env: dict[str, str], timeout: float = 300
+#: Process groups of killed drivers whose leftovers the next driver is to stop.
+_KILLED: list[int] = []
+_KILLED_TMP: list[str] = []
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 300, reap: bool = True
          ) -> subprocess.CompletedProcess:
-    """Run ``seltune ARGS`` in its own session; afterwards nothing of it may be left."""
+    """Run ``seltune ARGS`` in its own session; what is left of it afterwards is killed
+    and reported in ``.left`` (with ``reap=False`` a killed driver's leftovers are kept
+    for the resume to stop; :func:`_resume` checks it did)."""
     p = subprocess.Popen([sys.executable, "-m", "tuning.cli", *args], env=env, cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
+    left: list[int] = []
     try:
         out, err = p.communicate(timeout=timeout)
     finally:
         time.sleep(0.5)
-        left = _kill_group(p.pid)
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+        if reap or p.returncode == 0:
+            left = _kill_group(p.pid)
+            shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+        else:
+            _KILLED.append(p.pid)
+            _KILLED_TMP.append(env["RAY_TMPDIR"])
     result = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     result.left = left  # type: ignore[attr-defined]
     return result
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Whatever a test leaves of a killed driver is stopped (by pid) at its end."""
+    yield
+    while _KILLED:
+        _kill_group(_KILLED.pop())
+    while _KILLED_TMP:
+        shutil.rmtree(_KILLED_TMP.pop(), ignore_errors=True)
 
 
 def _sweep_args(bundle: Path, storage: Path, name: str, n: int = NUM_SAMPLES) -> list[str]:
@@ -182,13 +205,16 @@ def _resume(exp: Path) -> subprocess.CompletedProcess:
     p = _cli(["resume", str(exp), "--num-cpus", "2", "--json"], _env())
     assert p.returncode == 0, p.stderr[-4000:]
     assert not p.left, f"processes left by the resumed driver: {p.left}"
+    # ... nor of the killed one: the resume stopped its local Ray's leftovers
+    left = {pgid: group_pids(pgid) for pgid in _KILLED}
+    assert not any(left.values()), f"processes of a killed driver still running: {left}"
     return p
 
 
 def _run_fault(bundle: Path, tmp_path: Path, fault: str, name: str,
                n: int = NUM_SAMPLES) -> tuple[Path, subprocess.CompletedProcess]:
     storage = tmp_path / "runs"
-    p = _cli(_sweep_args(bundle, storage, name, n), _env(fault))
+    p = _cli(_sweep_args(bundle, storage, name, n), _env(fault), reap=False)
     assert "SELTUNE_FAULT: SIG" in p.stderr, p.stderr[-3000:]
     return storage / name, p
 

@@ -71,3 +71,39 @@ def test_a_driver_on_another_host_needs_force(tmp_path):
     claim_driver(exp, force=True)
     assert read_json(exp / "seltune" / "driver.json")["host"] == os.uname().nodename
     release_driver(exp)
+
+
+HOLD = "import sys, time\nf = open(sys.argv[1], 'w')\nprint('up', flush=True)\ntime.sleep(60)\n"
+
+
+def _holder(path):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "up"
+    return p
+
+
+def test_leftovers_of_a_dead_driver_are_stopped_by_pid_and_start_time(tmp_path):
+    # what a SIGKILLed driver's local Ray leaves: its agents (issue 15, defect 11)
+    from tuning.resume import _start_time, stop_leftovers
+
+    session = tmp_path / "session_2026-01-01_00-00-00_1"
+    (session / "logs").mkdir(parents=True)
+    agent = _holder(session / "logs" / "agent.log")  # started after the record
+    recorded = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    temp = tmp_path / "seltune-ray-abc"
+    temp.mkdir()
+    try:
+        start = _start_time(recorded.pid)
+        info = {"ray_processes": [[recorded.pid, start], [bystander.pid, "0"]],
+                "ray_session_dir": str(session), "ray_temp_dir": str(temp)}
+        assert stop_leftovers(info) == 2
+        assert agent.wait(timeout=10) == -signal.SIGKILL
+        assert recorded.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None  # its pid was recorded with another start time
+        assert not temp.exists()
+    finally:
+        for p in (agent, recorded, bystander):
+            p.kill()
+            p.wait()

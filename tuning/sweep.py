@@ -859,6 +859,10 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
     trusted = resume and (spec.uri is not None or trust_experiment or trusted_snapshot(spec))
     with ray_session(spec.address, num_cpus=num_cpus,
                      preload=TRAINABLES[spec.trainable].worker_modules) as runtime:
+        if runtime.started_local:  # the agents Ray starts later are found by its session
+            from tuning.resume import record_ray_processes
+
+            record_ray_processes(path, runtime.temp_dir if runtime.owns_temp_dir else None)
         if spec.address != "local":
             # On a real cluster every node must see the experiment directory (trial
             # checkpoints, ASHA state); fail now, naming the path and the node, rather
@@ -874,10 +878,6 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
         # trials (and the baselines) never read the test split: keep it out of the store
         bundle = selection_view(bundle)
         baselines = sweep_baselines(spec, bundle)
-        if runtime.started_local:  # Ray is up (a task ran): its agents exist by now
-            from tuning.resume import record_ray_processes
-
-            record_ray_processes(path, runtime.temp_dir if runtime.owns_temp_dir else None)
         trainable = build_trainable(spec.trainable, bundle, spec.fixed, device=spec.device,
                                     cpus_per_trial=spec.cpus_per_trial,
                                     gpus_per_trial=spec.gpus_per_trial, baselines=baselines)

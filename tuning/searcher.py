@@ -80,7 +80,28 @@ class SpaceFunction:
             from tuning.optuna_space import define_by_run
 
             self._fn = define_by_run(SearchSpace.from_dict(self.space_dict))
-        return self._fn(trial) or {}
+        out = dict(self._fn(trial) or {})
+        # A warm-start point may fix config keys the space does not search (e.g. the
+        # uniform gate that reproduces Plug-in[Worst]): they travel as a user attribute
+        # of the enqueued trial (see enqueue_points) and join this trial's config only.
+        ot_trial = getattr(trial, "ot_trial", trial)  # Ray wraps the Optuna trial
+        out.update(getattr(ot_trial, "user_attrs", {}).get(FIXED_ATTR, {}))
+        return out
+
+
+#: User attribute of an enqueued study trial: config keys outside the space it fixes.
+FIXED_ATTR = "seltune_fixed"
+
+
+def enqueue_points(study, points: list[dict[str, Any]], space_dict: dict[str, Any]) -> None:
+    """Enqueue the warm-start ``points`` in ``study``: each point's searched keys as
+    Optuna parameters, the other keys as :data:`FIXED_ATTR` (applied by
+    :class:`SpaceFunction`), so a point can express a config the space cannot sample."""
+    names = {p["name"] for p in space_dict.get("params", [])}
+    for point in points:
+        params = {k: v for k, v in point.items() if k in names}
+        fixed = {k: v for k, v in point.items() if k not in names}
+        study.enqueue_trial(params, user_attrs={FIXED_ATTR: fixed} if fixed else None)
 
 
 def _finite(value: Any) -> TypeGuard[float]:
@@ -431,17 +452,20 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_study_storage(study_storage)
     multi = len(metrics) > 1
-    return SeltuneOptunaSearch(
+    searcher = SeltuneOptunaSearch(
         space=SpaceFunction(space_dict),
         metric=list(metrics) if multi else metrics[0],
         mode=list(modes) if multi else modes[0],
         sampler=make_sampler(seed, multi, sampler, max_coverage_gap),
         study_name=study_name,
-        points_to_evaluate=list(points_to_evaluate or []) or None,
         storage=storage,
         experiment=experiment,
         num_samples=num_samples,
     )
+    # enqueued here rather than through OptunaSearch's points_to_evaluate, which can only
+    # carry searched keys
+    enqueue_points(searcher._study(), list(points_to_evaluate or []), space_dict)
+    return searcher
 
 
 def add_history(study, source: dict[str, Any], space_dict: dict[str, Any]) -> int:

@@ -361,7 +361,10 @@ def warm_start_points(info, space, base_cfg, enqueue: str | None) -> list[dict[s
 
     1. the trainable's defaults (the seed's configuration, for every searched key whose
        default lies in the space), 2. the configuration that reproduces the strongest
-       baseline, when the space searches its keys, 3. the user's ``--enqueue`` configs.
+       baseline (``TrainableInfo.baseline_point``; its keys need not be searched — they
+       are fixed for that one trial, see :func:`tuning.searcher.enqueue_points`), unless
+       the sweep fixes one of them otherwise (``--set``, ``--compat``) or puts a
+       searched one out of range, 3. the user's ``--enqueue`` configs.
     """
     import dataclasses
 
@@ -370,8 +373,11 @@ def warm_start_points(info, space, base_cfg, enqueue: str | None) -> list[dict[s
     first = {k: defaults[k] for k, p in params.items()
              if k in defaults and _in_space(p, defaults[k])}
     points = [first] if first else []
-    baseline = {k: v for k, v in info.baseline_point if k in params and _in_space(params[k], v)}
-    if baseline and any(k in params for k, _ in info.baseline_point[:1]):
+    baseline = dict(info.baseline_point)
+    expressible = baseline and all(
+        (_in_space(params[k], v) if k in params else k in defaults)
+        and (k in params or space.fixed.get(k, v) == v) for k, v in baseline.items())
+    if expressible:
         points.append({**first, **baseline})
     if enqueue:
         points += _load_enqueue(enqueue, params)

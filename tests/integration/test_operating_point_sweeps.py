@@ -69,10 +69,13 @@ def test_default_sweep_reports_every_trial_at_the_operating_point_beside_the_bas
     # the warm start: the seed's defaults, then the rule that *is* Plug-in[Worst]
     spec = json.loads((exp / "seltune" / "sweep.json").read_text())
     first, second = spec["points_to_evaluate"][:2]
-    assert first["gate"] == "learned" and second["gate"] == "uniform"
+    assert "gate" not in first and second["gate"] == "uniform"
     study = optuna.load_study(study_name=spec["study_name"], storage=spec["study_storage"])
-    assert study.trials[1].params == {"gate": "uniform"}
+    assert study.trials[1].user_attrs["seltune_fixed"]["gate"] == "uniform"
     uniform = ledger(exp)[study.trials[1].user_attrs["ray_trial_id"]]
+    assert uniform["config"]["gate"] == "uniform"
+    # the uniform gate runs once: it is a warm-start trial, not a choice TPE draws again
+    assert [e["config"].get("gate") for e in ledger(exp).values()].count("uniform") == 1
     last = uniform["history"][max(uniform["history"], key=int)]
     assert last["worst_group_error"] == pytest.approx(base["best"]["value"])
 

@@ -187,7 +187,8 @@ def _save_and_report(bundle, args: argparse.Namespace, seconds: float, verb: str
 def run_import(args: argparse.Namespace) -> int:
     from core.atomic import check_output_path
 
-    check_output_path(args.out, args.overwrite)
+    # --overwrite never replaces the source being imported (or a folder above it)
+    check_output_path(args.out, args.overwrite, protect=(args.src,))
     t0 = time.perf_counter()
     from core import importers
 

@@ -310,3 +310,16 @@ def test_import_argse_notes_the_expert_order(tmp_path, capsys):
                  "--out", str(tmp_path / "b"), "--experts", "ce,logit_adjust"]) == 0
     err = capsys.readouterr().err
     assert "seltune data import: experts: ce, logit_adjust (as given by --experts)" in err
+
+
+def test_import_overwrite_never_replaces_its_source(tmp_path, capsys):
+    from tuning.cli import main
+
+    src = tmp_path / "logits"
+    src.mkdir()
+    (src / "keep.txt").write_text("user data")
+    assert main(["data", "import", "--kind", "argse", "--from", str(src), "--out", str(src),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(src) in err
+    assert (src / "keep.txt").read_text() == "user data"

@@ -111,24 +111,44 @@ def test_warm_start_points_are_the_defaults_then_the_baseline_then_the_user_file
     info, space = _space()
     cfg = SelectiveConfig()
     points = warm_start_points(info, space, cfg, None)
-    assert points[0]["gate"] == "learned" and points[0]["kappa"] == cfg.kappa
-    assert points[0]["batch_size"] == cfg.batch_size
-    assert "target_coverage" not in points[0]  # its default (None) is outside the space
-    assert points[1]["gate"] == "uniform"  # = Plug-in[Worst]
-    for p in points:
-        for key in p:
-            assert key in space.names
+    assert points[0] == {k: getattr(cfg, k) for k in space.names}  # the seed's defaults
+    # the uniform gate with the plug-in rule (= Plug-in[Worst]), keys the space does
+    # not search included
+    assert points[1] == {**points[0], "gate": "uniform", "final_rule": "plugin",
+                         "final_fit_split": "tunev", "mu_objective": "worst"}
     f = tmp_path / "q.yaml"
-    f.write_text("- {gate: learned, kappa: 50.0}\n")
-    assert warm_start_points(info, space, cfg, str(f))[-1] == {"gate": "learned", "kappa": 50.0}
+    f.write_text("- {gate_loss: nll, lr: 0.001}\n")
+    assert warm_start_points(info, space, cfg, str(f))[-1] == {"gate_loss": "nll", "lr": 0.001}
     f.write_text("- {kapa: 50.0}\n")
     with pytest.raises(InputError, match=r"\[0\]\.kapa.*not a searched key"):
         warm_start_points(info, space, cfg, str(f))
-    f.write_text("- {kappa: 500.0}\n")
+    f.write_text("- {lr: 5.0}\n")
     with pytest.raises(InputError, match="inside the search space"):
         warm_start_points(info, space, cfg, str(f))
+    # a sweep that fixes a baseline key otherwise (--compat argse-repo: final_rule=none)
+    # cannot express the baseline: only the defaults are enqueued
     seed_info, seed_space = _space("argse-selective-seed")
-    assert len(warm_start_points(seed_info, seed_space, cfg, None)) == 1  # no gate searched
+    assert len(warm_start_points(seed_info, seed_space, cfg, None)) == 1
+
+
+def test_enqueued_points_fix_keys_outside_the_space_for_their_trial_only():
+    import optuna
+
+    from tuning.searcher import SpaceFunction, enqueue_points
+
+    info, space = _space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = SpaceFunction(space.to_dict())
+    enqueue_points(study, [{"lr": 0.001}, {"lr": 0.002, "gate": "uniform"}], space.to_dict())
+    configs = []
+    for _ in range(3):
+        trial = study.ask()
+        fixed = fn(trial)  # searched values are suggested on the trial (Ray captures them)
+        configs.append({**trial.params, **fixed})
+        study.tell(trial, 0.5)
+    assert configs[0]["lr"] == 0.001 and "gate" not in configs[0]
+    assert configs[1]["lr"] == 0.002 and configs[1]["gate"] == "uniform"
+    assert "gate" not in configs[2]  # sampled trials never get it
 
 
 def test_a_stage1_report_is_compared_with_its_own_baselines():

@@ -136,7 +136,7 @@ def test_enqueued_points_fix_keys_outside_the_space_for_their_trial_only():
 
     from tuning.searcher import SpaceFunction, enqueue_points
 
-    info, space = _space()
+    _, space = _space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     fn = SpaceFunction(space.to_dict())
     enqueue_points(study, [{"lr": 0.001}, {"lr": 0.002, "gate": "uniform"}], space.to_dict())

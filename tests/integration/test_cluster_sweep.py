@@ -33,10 +33,12 @@ from cluster import local
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # A short selective schedule: 6 reports per trial (stage A + 5 cycles), one checkpoint
-# each; batch 32 makes each report take long enough (~1-2 s on an idle 2-core machine)
-# for the test to catch a trial between two reports and kill its node.
-SHORT = ["--set", "stageA_epochs=2", "--set", "cycles=5", "--set", "b1_epochs=2",
-         "--set", "batch_size=32"]
+# each, in the seed's space (its selective loss trains the gate in every cycle, and its
+# trials differ; the default space trains the gate in Stage A only); batch 32 makes each
+# report take long enough (~1-2 s on an idle 2-core machine) for the test to catch a
+# trial between two reports and kill its node.
+SHORT = ["--space", "argse-selective-seed", "--set", "stageA_epochs=2", "--set", "cycles=5",
+         "--set", "b1_epochs=2", "--set", "batch_size=32"]
 REPORTS = 6
 
 
@@ -171,7 +173,11 @@ def test_driver_killed_and_resumed_from_shared_storage_with_a_postgres_study(
     # All trials complete (run to the end or stopped by ASHA), none lost or duplicated.
     ids = [t["trial_id"] for t in status["trials"]]
     assert len(ids) == len(set(ids)) == n, ids
-    assert set(results) == set(ids)
+    # a trial that was running when the driver died and that the restored sweep does not
+    # know is abandoned and replaced (issue 15's remaining limit): its directory stays,
+    # and status names it as lost; every other result belongs to a counted trial
+    assert set(ids) <= set(results)
+    assert set(results) - set(ids) <= set(status.get("lost", [])), status.get("lost")
     assert set(status["counts"]) <= {"TERMINATED", "STOPPED"}, status["counts"]
     assert sum(status["counts"].values()) == n
 

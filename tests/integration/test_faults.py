@@ -249,8 +249,12 @@ def test_sigint_marks_nothing_half_done_finished(bundle, tmp_path):
     storage, name = tmp_path / "runs", "interrupted"
     exp = storage / name
     args = _sweep_args(bundle, storage, name)
-    args[args.index("--set")::] = ["--set", "stageA_epochs=1", "--set", "cycles=8",
-                                   "--set", "b1_epochs=1", "--grace-period", "9"]
+    # the seed's space: its cycles train the gate (B1), so trials are still running when
+    # the first one finishes and Ctrl-C comes (the default space's cycles are instant)
+    args[args.index("--set")::] = ["--space", "argse-selective-seed", "--set",
+                                   "stageA_epochs=1", "--set", "cycles=8",
+                                   "--set", "b1_epochs=1", "--set", "batch_size=8",
+                                   "--grace-period", "9"]
     env = _env()
     driver = subprocess.Popen([sys.executable, "-m", "tuning.cli", *args], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

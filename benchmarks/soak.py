@@ -149,7 +149,7 @@ def run(rounds: int, samples: int, seed: int, work: Path) -> dict:
 def figures(exp: Path, samples: int, seen_finished: dict[str, bytes]) -> dict:
     import optuna
 
-    from tuning.experiment import load_spec
+    from tuning.experiment.spec import load_spec
 
     end = _finished(exp)
     spec = load_spec(exp)

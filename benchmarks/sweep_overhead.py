@@ -49,7 +49,7 @@ def draw_configs(n: int, seed: int) -> list[dict]:
     import optuna
 
     from search_spaces import load_space
-    from tuning.optuna_space import sample_config
+    from tuning.sweep.space import sample_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space("argse-selective")
@@ -70,7 +70,7 @@ def run_serial(configs: list[dict], bundle, fixed: dict, threads: int) -> dict:
     from core.argse import SelectiveConfig, train_selective
     from core.config import config_from_dict
     from search_spaces import load_space
-    from tuning.optuna_space import sample_config
+    from tuning.sweep.space import sample_config
 
     torch.set_num_threads(threads)
     space = load_space("argse-selective")

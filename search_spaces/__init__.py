@@ -1,7 +1,7 @@
 """Declarative hyperparameter search spaces (stdlib only).
 
 Neutral declarations in the manner of Syne Tune and Optuna's distributions; the tuning
-layer converts them (``tuning.optuna_space``). Bounds are inclusive everywhere:
+layer converts them (``tuning.sweep.space``). Bounds are inclusive everywhere:
 ``Float(low, high)`` is ``[low, high]``, ``Int(low, high)`` reaches ``high``.
 
 Typical use::

@@ -162,7 +162,7 @@ def test_storage_that_a_worker_node_cannot_see_is_named(cluster_factory, tmp_pat
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs `unshare -m` (root or user namespaces) to hide a directory")
-    from tuning.storage_check import check_storage_reachable
+    from tuning.sweep.storage_check import check_storage_reachable
 
     storage = tmp_path / "shared"
     storage.mkdir()

@@ -184,7 +184,7 @@ def test_driver_killed_and_resumed_from_shared_storage_with_a_postgres_study(
     # The study lives in PostgreSQL and holds exactly one finished Optuna trial per
     # Tune trial (matched by the ray_trial_id attribute): the resume neither lost nor
     # re-told any. Suggestions asked just before the crash and never run may remain,
-    # told FAIL and marked orphaned (tuning/resume.py), so TPE ignores them.
+    # told FAIL and marked orphaned (tuning/sweep/restart.py), so TPE ignores them.
     study = optuna.load_study(study_name=name,
                               storage=optuna.storages.RDBStorage(postgres_url))
     trials = study.get_trials(deepcopy=False)

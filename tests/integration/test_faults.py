@@ -159,8 +159,8 @@ def snapshot(exp: Path) -> dict:
 
 def check_invariants(exp: Path, before: dict, num_samples: int = NUM_SAMPLES) -> dict:
     """The invariants of the module docstring; returns ``{name: True}`` for the table."""
-    from tuning.experiment import load_spec
-    from tuning.status import experiment_status
+    from tuning.experiment.spec import load_spec
+    from tuning.results.status import experiment_status
 
     spec = load_spec(exp)
     status = experiment_status(exp)

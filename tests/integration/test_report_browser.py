@@ -89,7 +89,7 @@ def report_html(tmp_path_factory) -> Path:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from tuning.report import write_report
+    from tuning.results.html_report import write_report
 
     tmp = tmp_path_factory.mktemp("report-browser")
     path = write_report(tmp / "export", **mod.build_report_inputs(tmp / "inputs"))

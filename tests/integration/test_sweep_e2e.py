@@ -137,7 +137,7 @@ def test_pretrain_multi_objective_pareto(env, bundles, tmp_path):
 
 
 def test_local_ray_is_private_and_on_loopback(env):
-    code = ("from tuning.ray_runtime import start_ray\n"
+    code = ("from tuning.sweep.runtime import start_ray\n"
             "import os, ray\n"
             "rt = start_ray('local', num_cpus=1)\n"
             "print(ray.nodes()[0]['NodeManagerAddress'], ray.get_runtime_context().gcs_address,"
@@ -155,8 +155,8 @@ def test_trials_run_in_prestarted_preloaded_workers_and_close_stops_all(env, tmp
     already imported the preloaded module; after close() no process of this Ray is left."""
     code = f"""
 import os, sys, time
-from tuning.ray_runtime import start_ray
-from tuning.sweep import _env_for_tune, _loggers
+from tuning.sweep.runtime import start_ray
+from tuning.sweep.driver import _env_for_tune, _loggers
 _env_for_tune()
 rt = start_ray('local', num_cpus=1, preload=('json.tool',))
 from ray import tune

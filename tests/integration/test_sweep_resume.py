@@ -83,7 +83,7 @@ def test_sigkill_then_resume(tmp_path, capsys):
         # be alive when it is killed) ...
         from core.errors import InputError
         from tuning.cli import main
-        from tuning.resume import claim_driver
+        from tuning.sweep.lock import claim_driver
 
         assert main(["status", str(exp), "--json"]) == 0
         live_status = json.loads(capsys.readouterr().out)

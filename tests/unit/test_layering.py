@@ -68,7 +68,9 @@ def test_sweep_driver_validates_without_torch(tmp_path):
     save_bundle(synth_argse_bundle(classes=10, n_max=40, per_class=(6, 4, 8)), tmp_path / "b")
     code = (
         "import sys\n"
-        "from tuning.sweep import SweepOptions, prepare_sweep, _loggers\n"
+        "from tuning.sweep.options import SweepOptions\n"
+        "from tuning.sweep.prepare import prepare_sweep\n"
+        "from tuning.sweep.driver import _loggers\n"
         f"spec, bundle = prepare_sweep(SweepOptions(data=r'{tmp_path}/b', storage=r'{tmp_path}/runs', "
         "num_samples=2, overrides=['cycles=1']))\n"
         "_loggers(False)\n"

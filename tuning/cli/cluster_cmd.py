@@ -86,7 +86,7 @@ def _load(args: argparse.Namespace):
 
 def _up(args: argparse.Namespace) -> int:
     from cluster import local
-    from tuning.cli.output import console, print_json
+    from tuning.terminal import console, print_json
 
     state = local.up(args.nodes, args.cpus_per_node, gpus_per_node=args.gpus_per_node,
                      directory=args.dir, port=args.port, dashboard=args.dashboard,
@@ -111,7 +111,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     from cluster import local
-    from tuning.cli.output import console
+    from tuning.terminal import console
 
     state = local.down(_load(args), grace_s=args.grace, remove_temp=not args.keep_temp)
     console(stderr=True).print(f"local Ray cluster in {state.dir} stopped "
@@ -121,7 +121,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from cluster import local
-    from tuning.cli.output import console, print_json, print_table
+    from tuning.terminal import console, print_json, print_table
 
     info = local.status(_load(args))
     # Exit 1 when some node of a cluster that should run is dead (degraded / dead).
@@ -148,7 +148,7 @@ def _env(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from tuning import submit as submit_mod
-    from tuning.cli.output import console, print_json
+    from tuning.terminal import console, print_json
 
     seltune_args = list(args.seltune_args)
     if seltune_args and seltune_args[0] == "--":

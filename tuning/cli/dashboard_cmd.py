@@ -71,7 +71,8 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def run_dashboard_cmd(args: argparse.Namespace) -> int:
-    from tuning.experiment import find_experiment, load_spec
+    from tuning.experiment.layout import find_experiment
+    from tuning.experiment.spec import load_spec
 
     dashboard = import_dashboard()  # before any slow work: a missing extra fails first
     if not 0 <= args.port <= 65535:

@@ -226,7 +226,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _show(bundle, as_json: bool) -> None:
     from core.data_stats import bundle_summary
-    from tuning.cli.output import console, print_json, print_table
+    from tuning.terminal import console, print_json, print_table
 
     summary = bundle_summary(bundle)
     if as_json:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from core.bundles import save_bundle
     from core.errors import InputError
     from core.extract import extract_features, parse_split_ratios, read_labels_csv
-    from tuning.cli.output import console, print_json, progress
+    from tuning.terminal import console, print_json, progress
 
     ratios = parse_split_ratios(args.split_ratios)
     out = check_output_path(args.out, args.overwrite)

@@ -134,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def sweep_options(args: argparse.Namespace, default_run: bool = False):
-    from tuning.sweep import SweepOptions
+    from tuning.sweep.options import SweepOptions
 
     return SweepOptions(
         trainable=args.trainable, data=args.data, space=args.space,
@@ -164,9 +164,10 @@ def _is_default_invocation(args: argparse.Namespace) -> bool:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json, stdout_to_stderr
-    from tuning.status import print_status
-    from tuning.sweep import DEFAULT_SWEEP_FIXED, run_sweep
+    from tuning.results.status import print_status
+    from tuning.sweep.driver import run_sweep
+    from tuning.sweep.options import DEFAULT_SWEEP_FIXED
+    from tuning.terminal import print_json, stdout_to_stderr
 
     default = _is_default_invocation(args)
     if default:
@@ -187,7 +188,8 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 def _exit_code(status: dict) -> int:
     """0 when the sweep ran to its end; 1 (with a hint) when it stopped early or every
     trial failed."""
-    from tuning.experiment import experiment_local_dir, load_spec
+    from tuning.experiment.layout import experiment_local_dir
+    from tuning.experiment.spec import load_spec
 
     spec = load_spec(experiment_local_dir(status["path"]))
     finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
@@ -203,9 +205,9 @@ def _exit_code(status: dict) -> int:
 
 
 def run_resume_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json, stdout_to_stderr
-    from tuning.resume import resume
-    from tuning.status import print_status
+    from tuning.results.status import print_status
+    from tuning.sweep.resume import resume
+    from tuning.terminal import print_json, stdout_to_stderr
 
     with stdout_to_stderr(args.json):
         status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
@@ -219,8 +221,8 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
 
 
 def run_export_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json, print_train_result, stdout_to_stderr
-    from tuning.export import export
+    from tuning.results.export import export
+    from tuning.terminal import print_json, print_train_result, stdout_to_stderr
 
     with stdout_to_stderr(args.json):
         result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
@@ -235,9 +237,9 @@ def run_export_cmd(args: argparse.Namespace) -> int:
 
 
 def run_status_cmd(args: argparse.Namespace) -> int:
-    from tuning.cli.output import print_json
-    from tuning.experiment import find_experiment
-    from tuning.status import experiment_status, print_status
+    from tuning.experiment.layout import find_experiment
+    from tuning.results.status import experiment_status, print_status
+    from tuning.terminal import print_json
 
     status = experiment_status(find_experiment(args.experiment, args.storage))
     if args.json:

@@ -46,8 +46,8 @@ def run_train(args: argparse.Namespace) -> int:
     from core.bundles import load_expert_bundle
     from core.config import build_config, config_to_dict
     from core.device import resolve_device
-    from tuning.baselines import verdicts
-    from tuning.cli.output import console, print_train_result, progress
+    from tuning.results.baselines import verdicts
+    from tuning.terminal import console, print_train_result, progress
 
     mode = MODES[args.trainable]
     config: PretrainConfig | SelectiveConfig
@@ -105,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from core.argse import load_predictor, model_metrics
     from core.bundles import load_expert_bundle
-    from tuning.cli.output import print_metrics
+    from tuning.terminal import print_metrics
 
     predictor = load_predictor(args.checkpoint, args.device)
     bundle = load_expert_bundle(args.data)

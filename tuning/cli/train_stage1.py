@@ -17,7 +17,7 @@ def run_train(args: argparse.Namespace) -> int:
     from core.bundles import load_feature_bundle
     from core.config import build_config
     from core.stage1 import Stage1Config, train_stage1
-    from tuning.cli.output import print_train_result, progress
+    from tuning.terminal import print_train_result, progress
 
     config = build_config(Stage1Config, args.config, args.overrides)
     out = check_output_path(args.out, args.overwrite)
@@ -40,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from core.bundles import load_feature_bundle
     from core.stage1 import evaluate_checkpoint
-    from tuning.cli.output import print_metrics
+    from tuning.terminal import print_metrics
 
     bundle = load_feature_bundle(args.data)
     result = evaluate_checkpoint(args.checkpoint, bundle, args.split, args.device)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from core.errors import InputError
-from tuning import storage_check, submit
+from tuning import submit
 from tuning.cli import build_parser
+from tuning.sweep import storage_check
 
 
 def test_packaged_runtime_env_is_valid():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuning.experiment import SweepSpec
+from tuning.experiment.spec import SweepSpec
 
 
 def make_spec(storage, name="exp", **kw) -> SweepSpec:

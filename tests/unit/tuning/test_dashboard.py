@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tuning.cli import main
-from tuning.experiment import save_spec
+from tuning.experiment.spec import save_spec
 
 REPO = Path(__file__).resolve().parents[3]
 

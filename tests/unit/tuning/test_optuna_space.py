@@ -13,7 +13,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from search_spaces import PRESETS, Categorical, Condition, Float, Int, SearchSpace
-from tuning.optuna_space import (
+from tuning.sweep.space import (
     DefineByRun,
     active_distributions,
     define_by_run,

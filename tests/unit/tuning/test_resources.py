@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InputError
-from tuning.resources import _visible_devices, check_resources, local_gpu_count, local_nodes
+from tuning.sweep.resources import _visible_devices, check_resources, local_gpu_count, local_nodes
 
 TWO_CPUS = [{"CPU": 2.0, "GPU": 0.0}]
 
@@ -58,7 +58,8 @@ def test_gpu_count_without_torch(tmp_path, monkeypatch):
 
 
 def test_sweep_refuses_before_writing(tmp_path):
-    from tuning.sweep import SweepOptions, prepare_sweep
+    from tuning.sweep.options import SweepOptions
+    from tuning.sweep.prepare import prepare_sweep
 
     storage = tmp_path / "runs"
     for kw in (dict(gpus_per_trial=1.0), dict(cpus_per_trial=64.0), dict(num_cpus=0)):

@@ -8,8 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuning import study_db
-from tuning.study_db import filesystem_type, open_study_storage, sqlite_path, wal_is_safe
+from tuning.sweep import study as study_db
+from tuning.sweep.study import filesystem_type, open_study_storage, sqlite_path, wal_is_safe
 
 MOUNTS = """\
 /dev/sda1 / ext4 rw,relatime 0 0

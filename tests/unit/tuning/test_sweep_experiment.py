@@ -9,16 +9,15 @@ import pytest
 from sweep_specs import make_spec
 
 from core.errors import InputError
-from tuning.experiment import (
+from tuning.experiment.layout import (
     auto_name,
     check_name,
     create_experiment_dir,
     default_study_storage,
     find_experiment,
-    load_spec,
     resolve_storage,
-    save_spec,
 )
+from tuning.experiment.spec import load_spec, save_spec
 
 
 @pytest.mark.parametrize("name", ["a", "sweep-1", "x.y_z", "A1" * 50])
@@ -105,7 +104,7 @@ def test_default_study_is_sqlite_inside_the_experiment(tmp_path):
 
 def test_a_name_whose_sweep_died_before_its_spec_is_free_again(tmp_path):
     # issue 15, defect 8: neither resumable (no sweep.json) nor reusable
-    from tuning.experiment import create_experiment_dir
+    from tuning.experiment.layout import create_experiment_dir
 
     (tmp_path / "early" / "seltune").mkdir(parents=True)
     assert create_experiment_dir(tmp_path, "early", "argse-selective") == tmp_path / "early"

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 from sweep_specs import make_spec
 
-from tuning.experiment import load_ledger, save_spec, write_json
-from tuning.status import experiment_status
-from tuning.sweep import LedgerCallback
+from tuning.experiment.layout import write_json
+from tuning.experiment.records import load_ledger
+from tuning.experiment.spec import save_spec
+from tuning.results.status import experiment_status
+from tuning.sweep.callbacks import LedgerCallback
 
 
 def _trial(tid, status="RUNNING"):
@@ -57,7 +59,7 @@ def test_fresh_sweep_first_step_changes_nothing(tmp_path):
 def test_stdout_to_stderr_keeps_stdout_for_the_json_object():
     code = (
         "import os, sys\n"
-        "from tuning.cli.output import stdout_to_stderr, print_json\n"
+        "from tuning.terminal import stdout_to_stderr, print_json\n"
         "with stdout_to_stderr(True):\n"
         "    print('noise from python')\n"
         "    os.system('echo noise from a child process')\n"
@@ -116,7 +118,7 @@ def test_terminated_without_completion_is_interrupted(tmp_path):
 def test_fit_noting_interrupt_sees_tunes_sigint_handler_put_back():
     import signal
 
-    from tuning.sweep import fit_noting_interrupt
+    from tuning.sweep.driver import fit_noting_interrupt
 
     class FakeTuner:
         """Does what tune.run does with SIGINT: install a handler that, when called,

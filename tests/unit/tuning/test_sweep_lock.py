@@ -12,13 +12,13 @@ import time
 import pytest
 
 from core.errors import InputError
-from tuning.experiment import read_json, write_json
-from tuning.resume import claim_driver, release_driver
+from tuning.experiment.layout import read_json, write_json
+from tuning.sweep.lock import claim_driver, release_driver
 
 RACE = """
 import sys, time
 from core.errors import InputError
-from tuning.resume import claim_driver
+from tuning.sweep.lock import claim_driver
 exp, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     pass
@@ -85,7 +85,7 @@ def _holder(path):
 
 def test_leftovers_of_a_dead_driver_are_stopped_by_pid_and_start_time(tmp_path):
     # what a SIGKILLed driver's local Ray leaves: its agents (issue 15, defect 11)
-    from tuning.resume import _start_time, stop_leftovers
+    from tuning.sweep.lock import _start_time, stop_leftovers
 
     session = tmp_path / "session_2026-01-01_00-00-00_1"
     (session / "logs").mkdir(parents=True)

@@ -9,12 +9,13 @@ import pytest
 
 from core.errors import InputError
 from search_spaces import load_space
-from tuning.baselines import gap, strongest, verdicts
 from tuning.cli import main
-from tuning.export import select_best
-from tuning.searcher import CoverageConstraint
-from tuning.status import best_iteration, feasible
-from tuning.sweep import SweepOptions, _operating_point, warm_start_points
+from tuning.results.baselines import gap, strongest, verdicts
+from tuning.results.export import select_best
+from tuning.results.status import best_iteration, feasible
+from tuning.sweep.options import SweepOptions
+from tuning.sweep.prepare import _operating_point, warm_start_points
+from tuning.sweep.searcher import CoverageConstraint
 from tuning.trainables import get_trainable
 
 
@@ -134,7 +135,7 @@ def test_warm_start_points_are_the_defaults_then_the_baseline_then_the_user_file
 def test_enqueued_points_fix_keys_outside_the_space_for_their_trial_only():
     import optuna
 
-    from tuning.searcher import SpaceFunction, enqueue_points
+    from tuning.sweep.searcher import SpaceFunction, enqueue_points
 
     _, space = _space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

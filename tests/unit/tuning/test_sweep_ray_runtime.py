@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InputError
-from tuning.ray_runtime import resolve_address
+from tuning.sweep.runtime import resolve_address
 
 
 def test_explicit_env_and_default(monkeypatch):
@@ -32,7 +32,7 @@ def test_trial_actors_get_no_runtime_env_of_their_own(monkeypatch):
 
     from ray.tune.execution import class_cache
 
-    from tuning.ray_runtime import _trial_actors_use_prestarted_workers
+    from tuning.sweep.runtime import _trial_actors_use_prestarted_workers
 
     monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"PL_DISABLE_FORK": "1"})
     monkeypatch.delenv("PL_DISABLE_FORK", raising=False)
@@ -51,7 +51,7 @@ def test_trial_actors_get_no_runtime_env_of_their_own(monkeypatch):
 
 
 def test_loopback_addresses(monkeypatch):
-    from tuning.ray_runtime import _is_loopback
+    from tuning.sweep.runtime import _is_loopback
 
     for address in ("127.0.0.1:6379", "localhost:6379", "127.1:6379", "ray://127.0.0.1:10001"):
         assert _is_loopback(address), address

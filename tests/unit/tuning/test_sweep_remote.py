@@ -10,18 +10,16 @@ import pyarrow.fs as pafs
 import pytest
 from sweep_specs import make_spec
 
-import tuning.experiment as experiment
-import tuning.remote as remote
+import tuning.experiment.layout as experiment
+import tuning.experiment.mirror as remote
 from core.errors import InputError
-from tuning.experiment import (
+from tuning.experiment.layout import (
     create_remote_experiment,
     experiment_local_dir,
     find_experiment,
-    load_spec,
     resolve_storage,
-    save_spec,
 )
-from tuning.remote import (
+from tuning.experiment.mirror import (
     RemoteStorage,
     is_uri,
     join_uri,
@@ -29,6 +27,7 @@ from tuning.remote import (
     split_experiment,
     split_uri,
 )
+from tuning.experiment.spec import load_spec, save_spec
 
 URI = "s3://bkt/runs?endpoint_override=127.0.0.1:9&scheme=http"
 
@@ -104,7 +103,8 @@ def test_resolve_storage_uri_checked_without_network():
 
 
 def test_uri_storage_needs_study_storage(cache):
-    from tuning.sweep import SweepOptions, prepare_sweep
+    from tuning.sweep.options import SweepOptions
+    from tuning.sweep.prepare import prepare_sweep
 
     with pytest.raises(InputError) as err:
         prepare_sweep(SweepOptions(storage=URI, address="local"))
@@ -182,7 +182,7 @@ def test_find_downloads_into_mirror(bucket, cache):
 
 
 def test_driver_lock_is_published(bucket, cache):
-    from tuning.resume import claim_driver, release_driver
+    from tuning.sweep.lock import claim_driver, release_driver
 
     mirror = create_remote_experiment(URI, "exp", "stage1")
     claim_driver(mirror)
@@ -205,9 +205,9 @@ def test_restored_ledger_and_asha_write_where_this_driver_runs(tmp_path):
     this driver's experiment directory (e.g. this machine's mirror), not the pickled one."""
     import pickle
 
-    from tuning.experiment import set_running_experiment
-    from tuning.searcher import build_scheduler
-    from tuning.sweep import LedgerCallback
+    from tuning.experiment.layout import set_running_experiment
+    from tuning.sweep.callbacks import LedgerCallback
+    from tuning.sweep.scheduler import build_scheduler
 
     ledger = LedgerCallback(str(tmp_path / "elsewhere"))
     asha = build_scheduler({"kind": "asha", "grace_period": 1, "max_t": 3,

@@ -7,8 +7,8 @@ import optuna
 from optuna.trial import TrialState
 from sweep_specs import make_spec
 
-from tuning.searcher import fail_unfinished_trials
-from tuning.sweep import UNUSABLE_RAY_STATE, ray_snapshot_usable, restart_from_ledger
+from tuning.sweep.restart import UNUSABLE_RAY_STATE, ray_snapshot_usable, restart_from_ledger
+from tuning.sweep.searcher import fail_unfinished_trials
 
 
 def _tune_files(exp, state='{"trial_data": []}'):

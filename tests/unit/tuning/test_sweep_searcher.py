@@ -16,13 +16,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.searcher import (
-    PersistentASHA,
-    SeltuneOptunaSearch,
-    build_scheduler,
-    build_searcher,
-    trial_outcome,
-)
+from tuning.sweep.scheduler import PersistentASHA, build_scheduler
+from tuning.sweep.searcher import SeltuneOptunaSearch, build_searcher, trial_outcome
 
 SPACE = {
     "trainable": "argse-pretrain",
@@ -283,7 +278,7 @@ def test_searcher_stops_at_num_samples_counted_in_the_study(url, tmp_path):
 
 def test_a_trial_the_ledger_says_finished_is_not_run_again(tmp_path, url):
     # Finished after Ray's last snapshot (issue 15, defect 3): Tune restores it PENDING.
-    from tuning.experiment import write_json
+    from tuning.experiment.layout import write_json
 
     seltune = tmp_path / "exp" / "seltune"
     write_json(seltune / "trials.json", {"trials": {

@@ -8,8 +8,9 @@ import pytest
 from sweep_specs import make_spec
 
 from tuning.cli import main
-from tuning.experiment import save_spec, write_json
-from tuning.status import dominates, experiment_status, pareto_front
+from tuning.experiment.layout import write_json
+from tuning.experiment.spec import save_spec
+from tuning.results.status import dominates, experiment_status, pareto_front
 
 
 def h(it, wge, augrc, ckpt=True):

@@ -11,15 +11,9 @@ import pytest
 from sweep_specs import make_spec
 
 from core.errors import InputError
-from tuning.experiment import (
-    STUDY_IN_EXPERIMENT,
-    check_study_db,
-    default_study_storage,
-    load_spec,
-    save_spec,
-    write_json,
-)
-from tuning.study_db import OWNER_ATTR, claim_study
+from tuning.experiment.layout import default_study_storage, write_json
+from tuning.experiment.spec import STUDY_IN_EXPERIMENT, check_study_db, load_spec, save_spec
+from tuning.sweep.study import OWNER_ATTR, claim_study
 
 
 def _experiment(storage, name="exp"):

@@ -11,8 +11,8 @@ import pytest
 from sweep_specs import make_spec
 
 from core.errors import InputError
-from tuning import trust
-from tuning.sweep import trusted_snapshot
+from tuning.experiment import trust
+from tuning.sweep.restart import trusted_snapshot
 
 
 @pytest.fixture(autouse=True)

@@ -50,9 +50,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
-from tuning.baselines import verdicts
-from tuning.experiment import SweepSpec, find_experiment, load_ledger, load_spec
-from tuning.status import best_iteration, experiment_status, max_gap_of
+from tuning.experiment.layout import find_experiment
+from tuning.experiment.records import load_ledger
+from tuning.experiment.spec import SweepSpec, load_spec
+from tuning.results.baselines import verdicts
+from tuning.results.status import best_iteration, experiment_status, max_gap_of
 
 
 def _finite(x: Any) -> bool:
@@ -90,7 +92,7 @@ def _trial_checkpoint(spec: SweepSpec, entry: dict[str, Any], iteration: int,
     name = entry["history"][str(iteration)]["checkpoint_dir_name"]
     trial_dir = entry.get("dir") or f"trial_{entry['trial_id']}"
     if spec.uri:
-        from tuning.remote import download_dir, exists, join_uri, open_storage
+        from tuning.experiment.mirror import download_dir, exists, join_uri, open_storage
 
         remote = open_storage(spec.storage)
         if not exists(remote, spec.name, trial_dir, name):
@@ -216,8 +218,9 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     if fmt not in EXPORT_FORMATS:
         raise InputError(field="--format", value=fmt, expected="one of " + ", ".join(EXPORT_FORMATS))
     from core.atomic import atomic_dir, check_output_path
-    from tuning.cli.output import progress, to_jsonable
-    from tuning.sweep import load_checked_bundle, parse_metrics
+    from tuning.experiment.spec import parse_metrics
+    from tuning.sweep.prepare import load_checked_bundle
+    from tuning.terminal import progress, to_jsonable
     from tuning.trainables import TRAINABLES
 
     path = find_experiment(experiment, storage)
@@ -272,7 +275,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         if spec.multi_objective:
             pareto = _export_pareto(spec, status, ledger, Path(scratch), bundle, tmp,
                                     device)
-        from tuning.report import write_report
+        from tuning.results.html_report import write_report
 
         write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
                      bundle=bundle, checkpoint=ckpt, device=device, pareto=pareto,

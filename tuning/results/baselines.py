@@ -133,7 +133,7 @@ def print_baselines(baselines: dict[str, Any], *, seconds: float | None = None,
     """The baselines as a table (stderr by default), the strongest one named."""
     import sys
 
-    from tuning.cli.output import print_table
+    from tuning.terminal import print_table
 
     metric = baselines["metric"]
     cols = list(dict.fromkeys((metric, "worst_group_error", "balanced_error",

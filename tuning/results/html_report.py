@@ -240,7 +240,7 @@ def argse_scores(bundle, checkpoint: Path, coverage: float, split: str,
     from core.argse import load_predictor
     from core.argse.baselines import baseline_rules
     from core.argse.data import class_to_group_tensor, split_tensors
-    from tuning.export import fitted_baselines
+    from tuning.results.export import fitted_baselines
 
     logits, labels = split_tensors(bundle, split)
     c2g = class_to_group_tensor(bundle)
@@ -376,7 +376,7 @@ def trial_points(status: dict[str, Any], ledger: dict[str, Any], metric: str,
                  mode: str) -> list[TrialPoint]:
     """Each trial's best value of ``metric`` over its reported iterations (as export
     selects), with the realised coverage reported at that same iteration."""
-    from tuning.status import best_iteration
+    from tuning.results.status import best_iteration
 
     points = []
     for t in status["trials"]:

@@ -5,7 +5,7 @@ What is kept, and how:
 - **Trials**: ``Tuner.restore`` brings back every trial of Ray's last experiment
   snapshot (taken every 5 s, see ``TUNE_GLOBAL_CHECKPOINT_S`` in
   :mod:`tuning.sweep`; trials started after it are reconciled from the ledger and the
-  study, see :class:`tuning.sweep.LedgerCallback`); unfinished ones continue from their last checkpoint
+  study, see :class:`tuning.sweep.callbacks.LedgerCallback`); unfinished ones continue from their last checkpoint
   (``resume_unfinished``); errored ones are retried from their last checkpoint with
   ``resume_errored`` (``restart_errored`` would hand OptunaSearch a trial id it never
   suggested and crash the driver). The search generator's trial counter is part of the
@@ -15,7 +15,7 @@ What is kept, and how:
   (:meth:`SeltuneOptunaSearch.reconcile_with_study`): trials asked after the snapshot
   and never run are told FAIL, finished ones are not told again.
 - **ASHA's rung decisions**: reloaded from ``seltune/asha_state.json``
-  (:class:`tuning.searcher.PersistentASHA`); a trial that was stopped stays stopped
+  (:class:`tuning.sweep.scheduler.PersistentASHA`); a trial that was stopped stays stopped
   even if Ray's snapshot still had it RUNNING.
 
 A lock (:func:`claim_driver`: ``flock`` on ``seltune/.driver.lock``, and
@@ -25,7 +25,7 @@ unless ``seltune resume --force``.
 
 An experiment in object storage (``URI/NAME``, or ``NAME --storage URI``) is resumed
 the same way: its ``seltune/`` files are downloaded into the local mirror first
-(:func:`tuning.experiment.find_experiment`) and ``Tuner.restore`` reads Tune's state
+(:func:`tuning.experiment.layout.find_experiment`) and ``Tuner.restore`` reads Tune's state
 from the URI.
 """
 
@@ -37,15 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
-from tuning.experiment import (
-    check_study_db,
-    find_experiment,
-    load_spec,
-    read_json,
-    seltune_dir,
-    write_json,
-)
-from tuning.remote import publish, unpublish
+from tuning.experiment.layout import read_json, seltune_dir, write_json
+from tuning.experiment.mirror import publish, unpublish
 
 DRIVER_FILE = "driver.json"
 
@@ -53,6 +46,8 @@ DRIVER_FILE = "driver.json"
 #: The lock a live driver holds (``flock``) for as long as it runs: the kernel drops it
 #: when the process dies, SIGKILL included, so it is never stale on this machine.
 LOCK_FILE = ".driver.lock"  # a dot-file: a mirror refresh keeps it (tuning.experiment)
+
+
 _HELD: dict[str, int] = {}
 
 
@@ -232,42 +227,3 @@ def release_driver(experiment_dir: Path, *, keep_record: bool = False) -> None:
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None = None,
-           address: str | None = None, force: bool = False,
-           trust_experiment: bool = False) -> dict[str, Any]:
-    """Continue the sweep; returns its final status (see :mod:`tuning.status`)."""
-    from ray import tune
-
-    from tuning.status import experiment_status
-    from tuning.sweep import execute
-
-    path = find_experiment(experiment, storage)
-    spec = load_spec(path)
-    check_study_db(spec)
-    if spec.uri is None:  # the study a copied experiment would share: refused
-        from tuning.experiment import default_study_storage
-        from tuning.study_db import claim_study
-
-        claim_study(spec.study_storage, spec.study_name, path,
-                    own_db=spec.study_storage == default_study_storage(path))
-    if address:
-        spec.address = address
-    # A local experiment whose driver died before Tune wrote tuner.pkl or its first
-    # snapshot is continued from the sweep's own ledger and study (tuning.sweep.
-    # restart_from_ledger); one in object storage needs Tune's state to be there.
-    if spec.uri is not None and not tune.Tuner.can_restore(spec.location):
-        raise InputError("the sweep never got far enough to be resumed (no tuner.pkl)",
-                         file=spec.location, expected="an experiment started by `seltune sweep`; "
-                         "start a new sweep instead")
-    status = experiment_status(path, spec)
-    finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
-    if finished >= spec.num_samples:
-        print(f"[seltune] {spec.name}: all {spec.num_samples} trials already finished",
-              file=sys.stderr)
-        return status
-    print(f"[seltune] resuming {spec.location} ({finished}/{spec.num_samples} trials finished)",
-          file=sys.stderr, flush=True)
-    return execute(spec, resume=True, num_cpus=num_cpus, force=force,
-                   trust_experiment=trust_experiment)

@@ -59,7 +59,7 @@ def _probe(storage: str, probe_dir: str, token: str, node_id: str) -> dict[str, 
 def check_storage_reachable(storage: str | Path, *, timeout_s: float = 120.0) -> list[dict]:
     """Probe ``storage`` from every alive node of the connected Ray cluster.
 
-    Call it after ``ray.init`` (e.g. right after :func:`tuning.ray_runtime.start_ray`)
+    Call it after ``ray.init`` (e.g. right after :func:`tuning.sweep.runtime.start_ray`)
     and before ``Tuner.fit``.
 
     Args:

@@ -14,7 +14,7 @@ the non-dominated trials on their last reported values.
 The operating point (sweeps that have one, ``spec.coverage``): an iteration whose
 ``coverage_gap`` exceeds ``spec.max_coverage_gap`` is infeasible and never best; every
 trial row says ``feasible``. ``baselines`` is ``seltune/baselines.json`` (the
-training-free rules at the operating point, :mod:`tuning.baselines`) and ``verdict``
+training-free rules at the operating point, :mod:`tuning.results.baselines`) and ``verdict``
 the one line saying whether the best trial beats each of them on ``val``.
 """
 
@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tuning.baselines import verdicts
-from tuning.experiment import SweepSpec, load_asha_state, load_baselines, load_ledger, load_spec
+from tuning.experiment.records import load_asha_state, load_baselines, load_ledger
+from tuning.experiment.spec import SweepSpec, load_spec
+from tuning.results.baselines import verdicts
 
 
 def _num(x: Any) -> float | None:
@@ -147,7 +148,7 @@ def experiment_status(path: str | Path, spec: SweepSpec | None = None) -> dict[s
 
 def print_status(status: dict[str, Any], *, top: int | None = None, stderr: bool = False) -> None:
     """Human-readable status: counts, best, and the trials sorted by score."""
-    from tuning.cli.output import console, print_table
+    from tuning.terminal import console, print_table
 
     metrics = status["metric"].split(",")
     mode = status["mode"].split(",")[0]
@@ -186,7 +187,7 @@ def print_status(status: dict[str, Any], *, top: int | None = None, stderr: bool
         con.print(f"best: trial {best['trial_id']}  {metrics[0]}={value:.4f}{at} at iteration "
                   f"{best['metrics'].get('training_iteration')}")
     if status.get("baselines"):
-        from tuning.baselines import print_baselines
+        from tuning.results.baselines import print_baselines
 
         print_baselines(status["baselines"], stderr=stderr)
     for line in status.get("verdict", []):

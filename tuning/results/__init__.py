@@ -1,0 +1,8 @@
+"""Reading what a sweep wrote, without Ray: status, the best trial and the Pareto front,
+the export of the winner and its report.
+
+- :mod:`~tuning.results.status`: ``seltune status`` (counts, best trial, per-trial table);
+- :mod:`~tuning.results.baselines`: the training-free baselines and the verdicts;
+- :mod:`~tuning.results.export`: ``seltune export`` (the winner as files);
+- :mod:`~tuning.results.html_report`: the HTML report written beside an export.
+"""

@@ -19,7 +19,9 @@ Written atomically into ``DIR``::
     predictor.pt       a TorchScript module holding the whole rule, usable without
                        seltune (AR-GSE: expert logits [N, E, C] -> (class, accept,
                        margin); Stage-1: features [N, D] -> (class, exit, probs))
-    report.html        self-contained report (images embedded), PNGs in report/
+    report.html        self-contained report (images embedded), PNGs in report/; a
+                       section that cannot be drawn is a note there and its traceback
+                       is logged on stderr
 
 ``--format argse-repo`` (part of the default ``both``) adds
 ``metrics.json["compat"]["argse_repo"]``: the decisions the AR-GSE repository's own
@@ -67,6 +69,7 @@ from tuning.results.baselines import verdicts
 from tuning.results.html_report import (
     RuleScores,
     argse_scores,
+    logged_to_stderr,
     stage1_scores,
     write_report,
 )
@@ -250,9 +253,10 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         if spec.multi_objective:
             pareto = _export_pareto(spec, status, ledger, Path(scratch), bundle, tmp,
                                     device)
-        write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
-                     rule_scores=_rule_scores(spec, bundle, ckpt, device, result),
-                     pareto=pareto, metric=sel_metric, mode=sel_mode)
+        with logged_to_stderr():  # a section that cannot be drawn: why, on stderr
+            write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
+                         rule_scores=_rule_scores(spec, bundle, ckpt, device, result),
+                         pareto=pareto, metric=sel_metric, mode=sel_mode)
         bar.update(task, advance=1, status="done")
     return {"out": str(out_path.resolve()), "metrics": result.to_dict(), "trial_id": trial_id,
             "iteration": iteration, "pareto": pareto}

@@ -24,8 +24,13 @@ realised val coverage). The page shows, in this order:
    multi-objective sweeps the Pareto front.
 
 A section that cannot be drawn is logged with its traceback on the
-``seltune.report`` logger and replaced by a one-line note: the report never fails an
-export, and never hides why a section is missing. Numbers are printed with four
+``seltune.report`` logger (on stderr while export writes the report, see
+:func:`logged_to_stderr`) and replaced by a one-line note: the report never fails an
+export, and never hides why a section is missing.
+
+The report draws what it is given (:func:`write_report`): the sweep's status and
+ledger, the exported result, and the per-sample scores of the model and its
+baselines; it imports nothing from export and never branches on the trainable. Numbers are printed with four
 significant digits, small ones in scientific notation (never ``0.0000``), and every
 table sits in a horizontally scrolling container so the page never grows wider than
 the window.

@@ -73,9 +73,9 @@ class LedgerCallback(_CallbackBase):
     """Writes ``seltune/trials.json``: status, config and per-iteration results.
 
     A :class:`~tuning.experiment.records.Ledger` of
-    :class:`~tuning.experiment.records.LedgerEntry` records (the JSON shape is there).
-    Written atomically at most twice a second while results
-    and state changes arrive, and at once when a trial ends, so it is readable at any
+    :class:`~tuning.experiment.records.LedgerEntry` records (the JSON shape is there),
+    written atomically at most twice a second while results and state changes arrive,
+    and at once when a trial ends, so it is readable at any
     time and at most half a second behind after a crash (Ray's own result.json files
     and the restored trials fill that gap on resume). A restored sweep merges into the
     existing ledger, keyed by iteration, so repeated iterations are not duplicated.

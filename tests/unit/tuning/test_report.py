@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import math
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,30 @@ def test_a_section_that_fails_is_logged_with_traceback_and_noted(inputs, tmp_pat
     assert len(failed) == 1 and failed[0].exc_info is not None
     assert "optimisation history" in failed[0].getMessage()
     assert (tmp_path / R.REPORT_DIR / "group_error_curves.png").is_file()  # the rest drawn
+
+
+def test_a_failed_section_reaches_stderr_with_its_traceback():
+    """During an export (``logged_to_stderr``) the traceback is on stderr, the note in
+    the page; with logging configured by the application it goes there instead."""
+    code = ("import logging\n"
+            "from tuning.results import html_report as R\n"
+            "def boom():\n"
+            "    raise ZeroDivisionError('no curves today')\n"
+            "with R.logged_to_stderr():\n"
+            "    print(R.guarded('the curves', boom))\n"
+            "assert R.log.handlers == []  # removed again afterwards\n"
+            "logging.basicConfig(format='app: %(message)s')\n"
+            "with R.logged_to_stderr():\n"
+            "    R.guarded('the table', boom)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[3])
+    assert p.returncode == 0, p.stderr
+    assert "the curves could not be drawn: ZeroDivisionError: no curves today" in p.stdout
+    assert ("[seltune] ERROR seltune.report: report: section 'the curves' could not be "
+            "drawn") in p.stderr
+    assert "Traceback (most recent call last)" in p.stderr and "in boom" in p.stderr
+    assert "app: report: section 'the table' could not be drawn" in p.stderr
+    assert "[seltune] ERROR seltune.report: report: section 'the table'" not in p.stderr
 
 
 def test_report_curves_use_the_rules_export_scores():

@@ -189,11 +189,12 @@ def _exit_code(status: dict) -> int:
     """0 when the sweep ran to its end; 1 (with a hint) when it stopped early or every
     trial failed."""
     from tuning.experiment.layout import experiment_local_dir
+    from tuning.experiment.records import FINISHED, TrialState
     from tuning.experiment.spec import load_spec
 
     spec = load_spec(experiment_local_dir(status["path"]))
-    finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
-    errors = status["counts"].get("ERROR", 0)
+    finished = sum(n for s, n in status["counts"].items() if s in FINISHED)
+    errors = status["counts"].get(TrialState.ERROR, 0)
     if finished + errors < spec.num_samples:
         print(f"[seltune] sweep stopped with {finished}/{spec.num_samples} trials finished; "
               f"continue it with: seltune resume {status['path']}", file=sys.stderr)

@@ -214,7 +214,7 @@ def check_study_db(spec: SweepSpec) -> None:
         return
     db = seltune_dir(spec.path) / STUDY_FILE
     if not db.is_file():
-        if load_ledger(spec.path)["trials"]:
+        if load_ledger(spec.path).trials:
             raise InputError("the study database is missing (deleted?); the Optuna history "
                              "of this sweep is gone", file=db,
                              expected="the experiment's own seltune/study.db (restore it "

@@ -25,20 +25,15 @@ are the one-line statements ``status`` and ``export`` print.
 
 from __future__ import annotations
 
-import math
-from typing import Any, TypeGuard
+import sys
+from typing import Any
+
+from tuning.results.selection import better, finite, num, rank_key
+from tuning.terminal import print_table
 
 #: Baselines of each bundle kind, in the order tables show them.
 ARGSE_ORDER = ("chow:mixture", "plugin_balanced", "plugin_worst")
 STAGE1_ORDER = ("msp", "doctor", "maxlogit")
-
-
-def _finite(x: Any) -> TypeGuard[float]:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a < b if mode == "min" else a > b
 
 
 def strongest(values: dict[str, dict[str, Any]], metric: str, mode: str
@@ -46,9 +41,9 @@ def strongest(values: dict[str, dict[str, Any]], metric: str, mode: str
     """``{"name", "value"}`` of the baseline with the best ``metric``, or None."""
     best: dict[str, Any] | None = None
     for name, metrics in values.items():
-        v = metrics.get(metric)
-        if _finite(v) and (best is None or _better(float(v), best["value"], mode)):
-            best = {"name": name, "value": float(v)}
+        v = num(metrics.get(metric))
+        if v is not None and (best is None or better(v, best["value"], mode)):
+            best = {"name": name, "value": v}
     return best
 
 
@@ -84,13 +79,13 @@ def gap(value: Any, baselines: dict[str, Any] | None,
     them (``msp_<metric>``, ``doctor_<metric>``, ``maxlogit_<metric>``) is compared with
     its own strongest one; otherwise with the sweep's (``baselines["best"]``).
     """
-    if not baselines or not _finite(value):
+    if not baselines or not finite(value):
         return None
     mode, metric = baselines.get("mode", "min"), baselines.get("metric")
     own = [float(report[f"{n}_{metric}"]) for n in STAGE1_ORDER
-           if report is not None and _finite(report.get(f"{n}_{metric}"))]
+           if report is not None and finite(report.get(f"{n}_{metric}"))]
     if own:
-        ref = min(own) if mode == "min" else max(own)
+        ref = min(own, key=lambda v: rank_key(v, mode))
     elif baselines.get("best"):
         ref = float(baselines["best"]["value"])
     else:
@@ -110,14 +105,14 @@ def verdicts(model: dict[str, dict[str, Any]], baselines: dict[str, dict[str, di
     for split, m in model.items():
         v = m.get(metric)
         rows = baselines.get(split) or {}
-        if not _finite(v) or not rows:
+        if not finite(v) or not rows:
             continue
         parts, beaten = [], 0
         for name, b in rows.items():
             bv = b.get(metric)
-            if not _finite(bv):
+            if not finite(bv):
                 continue
-            wins = _better(float(v), float(bv), mode)
+            wins = better(float(v), float(bv), mode)
             beaten += wins
             parts.append(f"{name} {float(bv):.4g} ({'beaten' if wins else 'NOT beaten'})")
         if not parts:
@@ -131,10 +126,6 @@ def verdicts(model: dict[str, dict[str, Any]], baselines: dict[str, dict[str, di
 def print_baselines(baselines: dict[str, Any], *, seconds: float | None = None,
                     stderr: bool = True) -> None:
     """The baselines as a table (stderr by default), the strongest one named."""
-    import sys
-
-    from tuning.terminal import print_table
-
     metric = baselines["metric"]
     cols = list(dict.fromkeys((metric, "worst_group_error", "balanced_error",
                                "worst_group_area", "augrc", "coverage")))

@@ -19,7 +19,9 @@ Written atomically into ``DIR``::
     predictor.pt       a TorchScript module holding the whole rule, usable without
                        seltune (AR-GSE: expert logits [N, E, C] -> (class, accept,
                        margin); Stage-1: features [N, D] -> (class, exit, probs))
-    report.html        self-contained report (images embedded), PNGs in report/
+    report.html        self-contained report (images embedded), PNGs in report/; a
+                       section that cannot be drawn is a note there and its traceback
+                       is logged on stderr
 
 ``--format argse-repo`` (part of the default ``both``) adds
 ``metrics.json["compat"]["argse_repo"]``: the decisions the AR-GSE repository's own
@@ -42,58 +44,48 @@ export needs are downloaded, into a temporary directory removed afterwards.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_dir, check_output_path
+from core.config import config_to_dict
 from core.errors import InputError
 from tuning.experiment.layout import find_experiment
-from tuning.experiment.records import load_ledger
-from tuning.experiment.spec import SweepSpec, load_spec
+from tuning.experiment.mirror import download_dir, exists, join_uri, open_storage
+from tuning.experiment.records import (
+    ExportMetrics,
+    Ledger,
+    LedgerEntry,
+    Selection,
+    SweepStatus,
+    load_ledger,
+)
+from tuning.experiment.spec import SweepSpec, load_spec, parse_metrics
 from tuning.results.baselines import verdicts
-from tuning.results.status import best_iteration, experiment_status, max_gap_of
+from tuning.results.html_report import (
+    RuleScores,
+    argse_scores,
+    logged_to_stderr,
+    stage1_scores,
+    write_report,
+)
+from tuning.results.selection import max_gap_of, select_best
+from tuning.results.status import sweep_status
+from tuning.terminal import progress, to_jsonable
+from tuning.trainables import TRAINABLES, load_checked_bundle
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def select_best(status: dict[str, Any], ledger: dict[str, Any], metric: str,
-                mode: str, max_gap: float | None = None) -> tuple[str, int, dict[str, Any]]:
-    """``(trial_id, iteration, metrics)`` of the best checkpointed feasible result
-    (module doc)."""
-    by_id = {t["trial_id"]: t for t in status["trials"]}
-    finished = [tid for tid, t in by_id.items() if t["status"] == "TERMINATED"]
-    pool = finished or list(by_id)
-    best = None
-    for tid in pool:
-        history = {k: v for k, v in ledger["trials"][tid].get("history", {}).items()
-                   if v.get("checkpoint_dir_name")}
-        found = best_iteration(history, metric, mode, max_gap)
-        if found is None:
-            continue
-        value = found[1][metric]
-        if best is None or (value < best[0] if mode == "min" else value > best[0]):
-            best = (value, tid, found[0], found[1])
-    if best is None:
-        at = "" if max_gap is None else f" at the operating point (coverage gap <= {max_gap:g})"
-        raise InputError(f"no trial reported {metric} with a checkpoint{at} yet",
-                         file=status["path"], expected="a sweep with at least one result")
-    return best[1], best[2], best[3]
-
-
-def _trial_checkpoint(spec: SweepSpec, entry: dict[str, Any], iteration: int,
+def _trial_checkpoint(spec: SweepSpec, entry: LedgerEntry, iteration: int,
                       scratch: Path) -> Path:
     """The local directory of a trial's checkpoint; for an experiment in object storage
     it is downloaded into ``scratch`` first."""
-    name = entry["history"][str(iteration)]["checkpoint_dir_name"]
-    trial_dir = entry.get("dir") or f"trial_{entry['trial_id']}"
+    name = entry.history[str(iteration)]["checkpoint_dir_name"]
+    trial_dir = entry.dir or f"trial_{entry.trial_id}"
     if spec.uri:
-        from tuning.experiment.mirror import download_dir, exists, join_uri, open_storage
-
         remote = open_storage(spec.storage)
         if not exists(remote, spec.name, trial_dir, name):
             raise InputError("checkpoint directory is missing",
@@ -109,16 +101,8 @@ def _trial_checkpoint(spec: SweepSpec, entry: dict[str, Any], iteration: int,
     return path
 
 
-def _last_checkpoint_iteration(entry: dict[str, Any]) -> int:
-    its = [int(k) for k, v in entry.get("history", {}).items() if v.get("checkpoint_dir_name")]
-    return max(its)
-
-
 def full_config(spec: SweepSpec, trial_config: dict[str, Any]) -> dict[str, Any]:
     """Fixed + sampled values, built into the trainable's config (defaults filled in)."""
-    from core.config import config_to_dict
-    from tuning.trainables import TRAINABLES
-
     info = TRAINABLES[spec.trainable]
     return config_to_dict(info.build_config({**spec.fixed, **trial_config},
                                             source="best trial config"))
@@ -217,12 +201,6 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     """Export the best trial of ``experiment`` into ``out`` (module docstring)."""
     if fmt not in EXPORT_FORMATS:
         raise InputError(field="--format", value=fmt, expected="one of " + ", ".join(EXPORT_FORMATS))
-    from core.atomic import atomic_dir, check_output_path
-    from tuning.experiment.spec import parse_metrics
-    from tuning.sweep.prepare import load_checked_bundle
-    from tuning.terminal import progress, to_jsonable
-    from tuning.trainables import TRAINABLES
-
     path = find_experiment(experiment, storage)
     spec = load_spec(path)
     out_path = check_output_path(out, overwrite)
@@ -231,16 +209,16 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     if len(metrics) != 1:
         raise InputError(field="--metric", value=metric, expected="one metric to select by")
     sel_metric, sel_mode = metrics[0], modes[0]
-    status = experiment_status(path, spec)
+    status = sweep_status(path, spec)
     ledger = load_ledger(path)
     trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode,
                                                     max_gap_of(spec))
-    entry = ledger["trials"][trial_id]
+    entry = ledger.trials[trial_id]
     if spec.trainable == "stage1":
-        iteration = _last_checkpoint_iteration(entry)
+        iteration = entry.last_checkpoint_iteration()
     info = TRAINABLES[spec.trainable]
     bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
-    config = full_config(spec, entry.get("config", {}))
+    config = full_config(spec, entry.config)
 
     with atomic_dir(out_path, overwrite=overwrite) as tmp, \
             tempfile.TemporaryDirectory(prefix="seltune-export-") as scratch, \
@@ -250,55 +228,63 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         src = _trial_checkpoint(spec, entry, iteration, Path(scratch))
         ckpt = materialise_checkpoint(spec, bundle, src, config, tmp / "checkpoint", device)
         bar.update(task, advance=1, status="metrics beside the baselines on val and test")
-        result = checkpoint_metrics(spec, bundle, ckpt, device, config)
+        result = ExportMetrics.from_dict(checkpoint_metrics(spec, bundle, ckpt, device, config))
         bar.update(task, advance=1, status="predictor.pt and the compat report")
         final_ckpt = out_path.resolve() / "checkpoint"
         if spec.trainable != "stage1":
             final_ckpt = final_ckpt / info.checkpoint_file
-        result["checkpoint"] = str(final_ckpt)
-        result["trial_id"] = trial_id
-        result["iteration"] = iteration
-        result["selection"] = {"metric": sel_metric, "mode": sel_mode,
-                               "value": best_metrics.get(sel_metric),
-                               "experiment": status["path"]}
-        result["operating_point"] = {"coverage": spec.coverage,
-                                     "max_coverage_gap": spec.max_coverage_gap}
-        result["verdict"] = verdicts({s: result[s] for s in ("val", "test") if s in result},
-                                     result.get("baselines", {}), sel_metric, sel_mode,
-                                     spec.coverage)
-        _portable_and_compat(spec, bundle, ckpt, tmp, result, fmt)
+        result.checkpoint = str(final_ckpt)
+        result.trial_id = trial_id
+        result.iteration = iteration
+        result.selection = Selection(sel_metric, sel_mode, best_metrics.get(sel_metric),
+                                     status.path)
+        result.operating_point = {"coverage": spec.coverage,
+                                  "max_coverage_gap": spec.max_coverage_gap}
+        result.verdict = verdicts(result.splits(), result.baselines, sel_metric, sel_mode,
+                                  spec.coverage)
+        extras: dict[str, Any] = {}  # the compat report, when one is made
+        _portable_and_compat(spec, bundle, ckpt, tmp, extras, fmt)
+        result.compat = extras.get("compat")
         bar.update(task, advance=1, status="report")
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
-            json.dumps(to_jsonable(result), indent=2, allow_nan=False))
+            json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
         pareto = None
         if spec.multi_objective:
             pareto = _export_pareto(spec, status, ledger, Path(scratch), bundle, tmp,
                                     device)
-        from tuning.results.html_report import write_report
-
-        write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
-                     bundle=bundle, checkpoint=ckpt, device=device, pareto=pareto,
-                     metric=sel_metric, mode=sel_mode)
+        with logged_to_stderr():  # a section that cannot be drawn: why, on stderr
+            write_report(tmp, spec=spec, status=status, ledger=ledger, result=result,
+                         rule_scores=_rule_scores(spec, bundle, ckpt, device, result),
+                         pareto=pareto, metric=sel_metric, mode=sel_mode)
         bar.update(task, advance=1, status="done")
-    return {"out": str(out_path.resolve()), "metrics": result, "trial_id": trial_id,
+    return {"out": str(out_path.resolve()), "metrics": result.to_dict(), "trial_id": trial_id,
             "iteration": iteration, "pareto": pareto}
 
 
-def _export_pareto(spec, status, ledger, scratch: Path, bundle, tmp: Path,
-                   device: str) -> list[dict[str, Any]]:
+def _rule_scores(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
+                 result: ExportMetrics) -> Callable[[str, float], RuleScores]:
+    """What the report draws its curves from: the per-sample scores of the exported
+    model and of every baseline on a split, at the operating point."""
+    if spec.trainable == "stage1":
+        return lambda split, coverage: stage1_scores(
+            bundle, ckpt, split, device, list(result.baselines.get(split) or {}))
+    return lambda split, coverage: argse_scores(bundle, ckpt, coverage, split, device)
+
+
+def _export_pareto(spec: SweepSpec, status: SweepStatus, ledger: Ledger, scratch: Path,
+                   bundle: Any, tmp: Path, device: str) -> list[dict[str, Any]]:
     front = []
-    by_id = {t["trial_id"]: t for t in status["trials"]}
-    for tid in status.get("pareto", []):
-        entry = ledger["trials"][tid]
-        it = _last_checkpoint_iteration(entry)
-        config = full_config(spec, entry.get("config", {}))
+    for tid in status.pareto or []:
+        entry = ledger.trials[tid]
+        it = entry.last_checkpoint_iteration()
+        config = full_config(spec, entry.config)
         dest = tmp / "pareto" / tid
         dest.parent.mkdir(parents=True, exist_ok=True)
         materialise_checkpoint(spec, bundle, _trial_checkpoint(spec, entry, it, scratch),
                                config, dest, device)
         front.append({"trial_id": tid, "iteration": it, "config": config,
-                      "values": {m: by_id[tid]["metrics"].get(m) for m in spec.metrics},
+                      "values": {m: status.row(tid).metrics.get(m) for m in spec.metrics},
                       "checkpoint": f"pareto/{tid}"})
     (tmp / "pareto.json").write_text(json.dumps({"metrics": spec.metrics, "modes": spec.modes,
                                                  "front": front}, indent=2, default=str))

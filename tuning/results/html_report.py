@@ -24,8 +24,13 @@ realised val coverage). The page shows, in this order:
    multi-objective sweeps the Pareto front.
 
 A section that cannot be drawn is logged with its traceback on the
-``seltune.report`` logger and replaced by a one-line note: the report never fails an
-export, and never hides why a section is missing. Numbers are printed with four
+``seltune.report`` logger (on stderr while export writes the report, see
+:func:`logged_to_stderr`) and replaced by a one-line note: the report never fails an
+export, and never hides why a section is missing.
+
+The report draws what it is given (:func:`write_report`): the sweep's status and
+ledger, the exported result, and the per-sample scores of the model and its
+baselines; it imports nothing from export and never branches on the trainable. Numbers are printed with four
 significant digits, small ones in scientific notation (never ``0.0000``), and every
 table sits in a horizontally scrolling container so the page never grows wider than
 the window.
@@ -34,17 +39,29 @@ the window.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import logging
 import math
 import numbers
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.metrics import (
+    DEFAULT_REJECTION_RATES,
+    augrc,
+    group_error_curves,
+    risk_coverage_curve,
+)
+from tuning.experiment.records import ExportMetrics, Ledger, SweepStatus, TrialState
+from tuning.experiment.spec import SweepSpec
+from tuning.results.selection import best_iteration, best_name, better, num, rank_key
 
 REPORT_DIR = "report"
 #: Parameter importances are drawn from this many complete trials on: fANOVA's forest
@@ -52,6 +69,7 @@ REPORT_DIR = "report"
 MIN_COMPLETE_FOR_IMPORTANCES = 5
 MODEL = "tuned model"
 
+#: This module's logger; its records reach stderr during an export (:func:`logged_to_stderr`).
 log = logging.getLogger("seltune.report")
 
 #: Display names of the AR-GSE baselines in the paper table.
@@ -109,18 +127,11 @@ def fmt_signed(value: Any) -> str:
     return text
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
-
-
 def metric_value(metrics: dict[str, Any] | None, names: Sequence[str]) -> float | None:
     """The first of ``names`` present (finite) in ``metrics``: new metric names first,
     the names of older experiments after them."""
     for name in names:
-        v = _num((metrics or {}).get(name))
+        v = num((metrics or {}).get(name))
         if v is not None:
             return v
     return None
@@ -185,8 +196,43 @@ def guarded(title: str, build: Callable[[], str]) -> str:
                      "(traceback in the seltune.report log)")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a progress bar may
+    have wrapped it since the handler was made)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("[seltune] %(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; stderr it stays
+        pass
+
+
+@contextlib.contextmanager
+def logged_to_stderr() -> Iterator[None]:
+    """While the block runs, the report's warnings and errors (with their tracebacks)
+    go to stderr, the log of the command the user ran, unless logging is configured
+    already (a handler anywhere up the logger's hierarchy: then it goes there)."""
+    if log.hasHandlers():
+        yield
+        return
+    handler = _StderrHandler()
+    handler.setLevel(logging.WARNING)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
 # --------------------------------------------------------------------------- matplotlib
 def _plt():
+    # matplotlib takes ~0.5 s to import: only an export that draws pays for it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,8 +345,6 @@ def stage1_scores(bundle, checkpoint: Path, split: str, device: str,
 # --------------------------------------------------------------------------- plots
 def _rejection_rates(coverage: float) -> np.ndarray:
     """[0, 0.8] in steps of 0.01 (the range of the areas), widened to include 1 - C."""
-    from core.metrics import DEFAULT_REJECTION_RATES
-
     top = 1.0 - coverage
     if top <= float(DEFAULT_REJECTION_RATES[-1]):
         return DEFAULT_REJECTION_RATES.copy()
@@ -311,8 +355,6 @@ def plot_group_curves(scores: RuleScores, coverage: float, path: Path) -> bytes:
     """Balanced (left) and worst-group (right) selective error against the rejection
     rate, every rule, the operating point ``1 - C`` as a dashed line with each rule's
     value on it."""
-    from core.metrics import group_error_curves
-
     plt = _plt()
     rates = _rejection_rates(coverage)
     op = 1.0 - coverage
@@ -341,8 +383,6 @@ def plot_group_curves(scores: RuleScores, coverage: float, path: Path) -> bytes:
 
 def plot_risk_coverage(scores: RuleScores, coverage: float, path: Path) -> bytes:
     """Selective risk (overall error among accepted) against coverage, every rule."""
-    from core.metrics import augrc, risk_coverage_curve
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     styles = _styles(list(scores.rules))
@@ -366,36 +406,34 @@ def plot_risk_coverage(scores: RuleScores, coverage: float, path: Path) -> bytes
 @dataclass
 class TrialPoint:
     trial_id: str
-    status: str
+    status: TrialState
     objective: float
     coverage: float | None
     iteration: int
 
 
-def trial_points(status: dict[str, Any], ledger: dict[str, Any], metric: str,
+def trial_points(status: SweepStatus, ledger: Ledger, metric: str,
                  mode: str) -> list[TrialPoint]:
     """Each trial's best value of ``metric`` over its reported iterations (as export
     selects), with the realised coverage reported at that same iteration."""
-    from tuning.results.status import best_iteration
-
     points = []
-    for t in status["trials"]:
-        entry = ledger.get("trials", {}).get(t["trial_id"], {})
-        found = best_iteration(entry.get("history", {}), metric, mode)
+    for t in status.trials:
+        entry = ledger.trials.get(t.trial_id)
+        found = None if entry is None else best_iteration(entry.history, metric, mode)
         if found is None:
             continue
         it, m = found
-        points.append(TrialPoint(t["trial_id"], t["status"], float(m[metric]),
-                                 _num(m.get("coverage")), it))
+        points.append(TrialPoint(t.trial_id, t.status, float(m[metric]),
+                                 num(m.get("coverage")), it))
     return points
 
 
-def baseline_values(status: dict[str, Any], result: dict[str, Any],
+def baseline_values(status: SweepStatus, result: ExportMetrics,
                     metric: str) -> tuple[dict[str, float], str | None, str]:
     """``({baseline: value of metric on val}, name of the strongest, source)``: the
-    sweep's baselines from ``status["baselines"]`` when present, else the export's
+    sweep's baselines from ``status.baselines`` when present, else the export's
     val baselines."""
-    sb = status.get("baselines") or {}
+    sb = status.baselines or {}
     values: dict[str, float] = {}
     best = None
     source = ""
@@ -407,7 +445,7 @@ def baseline_values(status: dict[str, Any], result: dict[str, Any],
         source = f"sweep baselines ({sb.get('split', 'val')}, C={fmt(sb.get('coverage'))})"
         best = (sb.get("best") or {}).get("name") if sb.get("metric") == metric else None
     else:
-        for name, m in (result.get("baselines", {}).get("val") or {}).items():
+        for name, m in (result.baselines.get("val") or {}).items():
             v = metric_value(m, (metric,))
             if v is not None:
                 values[name] = v
@@ -423,9 +461,9 @@ def plot_trials(points: list[TrialPoint], baselines: dict[str, float], best: str
     baselines as horizontal lines, the operating point as a vertical line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 4.4))
-    kinds = (("TERMINATED", "finished", {"color": "tab:blue", "marker": "o"}),
-             ("STOPPED", "stopped by ASHA", {"color": "#b0b0b0", "marker": "o"}),
-             ("ERROR", "error", {"color": "tab:red", "marker": "x"}))
+    kinds = ((TrialState.TERMINATED, "finished", {"color": "tab:blue", "marker": "o"}),
+             (TrialState.STOPPED, "stopped by ASHA", {"color": "#b0b0b0", "marker": "o"}),
+             (TrialState.ERROR, "error", {"color": "tab:red", "marker": "x"}))
     known = {k for k, *_ in kinds}
     groups = [(label, style, [p for p in points if p.status == k and p.coverage is not None])
               for k, label, style in kinds]
@@ -453,7 +491,9 @@ def plot_trials(points: list[TrialPoint], baselines: dict[str, float], best: str
     return _save(fig, path)
 
 
-def load_study(spec):
+def load_study(spec: SweepSpec):
+    # optuna (and SQLAlchemy under it) take ~1 s to import: only the report's study
+    # sections need them
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -464,18 +504,18 @@ def plot_history(study, path: Path, title: str, baseline: tuple[str, float] | No
                  ) -> bytes:
     """Trial number vs objective (first objective for multi-objective), the running
     best, pruned trials at their last intermediate value, the strongest baseline."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState as OptunaState  # optuna: see load_study
 
     plt = _plt()
     multi = len(study.directions) > 1
-    minimize = study.directions[0].name == "MINIMIZE"
+    mode = "min" if study.directions[0].name == "MINIMIZE" else "max"
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     xs_c, ys_c, xs_p, ys_p = [], [], [], []
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
+        if t.state == OptunaState.COMPLETE:
             xs_c.append(t.number)
             ys_c.append(t.values[0] if multi else t.value)
-        elif t.state == TrialState.PRUNED and t.intermediate_values:
+        elif t.state == OptunaState.PRUNED and t.intermediate_values:
             xs_p.append(t.number)
             ys_p.append(t.intermediate_values[max(t.intermediate_values)])
     ax.scatter(xs_c, ys_c, s=18, label="complete", color="tab:blue", zorder=3)
@@ -484,7 +524,7 @@ def plot_history(study, path: Path, title: str, baseline: tuple[str, float] | No
     if ys_c:
         best, run = [], None
         for y in ys_c:
-            run = y if run is None else (min(run, y) if minimize else max(run, y))
+            run = y if run is None or better(y, run, mode) else run
             best.append(run)
         ax.step(xs_c, best, where="post", color="tab:red", label="best so far")
     if baseline is not None:
@@ -501,12 +541,12 @@ def plot_history(study, path: Path, title: str, baseline: tuple[str, float] | No
 def importances_section(study, spec, path: Path) -> str:
     """Importances by an explicitly chosen evaluator (fANOVA, seeded), named in the plot
     and the text, or one line saying why there are none."""
-    import optuna
-    from optuna.trial import TrialState
+    import optuna  # see load_study
+    from optuna.trial import TrialState as OptunaState
 
     trials = study.get_trials(deepcopy=False)
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    complete = sum(t.state == OptunaState.COMPLETE for t in trials)
+    pruned = sum(t.state == OptunaState.PRUNED for t in trials)
     if complete < MIN_COMPLETE_FOR_IMPORTANCES:
         return _note(f"parameter importances are shown from {MIN_COMPLETE_FOR_IMPORTANCES} "
                      f"complete trials on; this study has {complete} complete and {pruned} "
@@ -551,39 +591,38 @@ def plot_pareto(points: list[tuple[str, float, float, bool]], names: list[str],
 
 
 # --------------------------------------------------------------------------- paper table
-def paper_rows(result: dict[str, Any], split: str) -> list[tuple[str, str, dict[str, Any]]]:
+def paper_rows(result: ExportMetrics, split: str) -> list[tuple[str, str, dict[str, Any]]]:
     """``[(label, baseline key or MODEL, metrics)]`` of the paper table on ``split``:
     Chow on the best single expert (chosen on val by worst-group error, so test is not
     used to choose), Chow on the mixture, Plug-in[Balanced], Plug-in[Worst] (Stage-1:
     its baselines), then the tuned model."""
-    base = result.get("baselines", {}).get(split) or {}
-    val = result.get("baselines", {}).get("val") or {}
+    base = result.baselines.get(split) or {}
+    val = result.baselines.get("val") or {}
     rows: list[tuple[str, str, dict[str, Any]]] = []
     experts = [n for n in base if n.startswith("chow:") and n != "chow:mixture"]
     if experts:
-        def score(n: str) -> float:
-            v = metric_value(val.get(n) or base.get(n), ("worst_group_error",))
-            return math.inf if v is None else v
-
-        best = min(experts, key=score)
+        best = min(experts, key=lambda n: rank_key(
+            metric_value(val.get(n) or base.get(n), ("worst_group_error",)), "min"))
         rows.append((f"Chow [{best[5:]}] (best expert on val)", best, base[best]))
     for name, metrics in base.items():
         if name in experts:
             continue
         rows.append((PAPER_LABELS.get(name, name), name, metrics))
-    if split in result:
-        rows.append((f"{MODEL} (trial {result.get('trial_id', '?')})", MODEL, result[split]))
+    model = result.splits().get(split)
+    if model is not None:
+        trial = "?" if result.trial_id is None else result.trial_id
+        rows.append((f"{MODEL} (trial {trial})", MODEL, model))
     return rows
 
 
-def verdict_lines(result: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]],
+def verdict_lines(result: ExportMetrics, rows: list[tuple[str, str, dict[str, Any]]],
                   metric: str, mode: str, split: str) -> tuple[list[str], str]:
     """The export's verdict lines if it wrote any, else one line per baseline computed
     here: whether the tuned model beats it on ``metric`` on ``split`` (gap = model
     minus baseline, signed)."""
-    if result.get("verdict"):
-        return [str(v) for v in result["verdict"]], "from export"
-    model = metric_value(result.get(split), (metric,))
+    if result.verdict:
+        return [str(v) for v in result.verdict], "from export"
+    model = metric_value(result.splits().get(split), (metric,))
     if model is None:
         return [f"the tuned model has no {metric} on {split}: no verdict"], "computed here"
     lines = []
@@ -593,15 +632,20 @@ def verdict_lines(result: dict[str, Any], rows: list[tuple[str, str, dict[str, A
         b = metric_value(metrics, (metric,))
         if b is None:
             continue
-        beats = model < b if mode == "min" else model > b
+        beats = better(model, b, mode)
         lines.append(f"{split} {metric}: tuned model {fmt(model)} vs {label} {fmt(b)} "
                      f"(gap {fmt_signed(model - b)}): "
                      f"{'beats it' if beats else 'does not beat it'}")
     return lines, "computed by the report (export gave no verdict)"
 
 
-def paper_section(result: dict[str, Any], metric: str, mode: str) -> str:
-    split = "test" if "test" in result else "val"
+def _shown_split(result: ExportMetrics) -> str:
+    """The split the report draws on: test when the result has it, else val."""
+    return "test" if result.test is not None else "val"
+
+
+def paper_section(result: ExportMetrics, metric: str, mode: str) -> str:
+    split = _shown_split(result)
     rows = paper_rows(result, split)
     table = table_html(
         ["rule", *[c for c, _ in PAPER_COLUMNS]],
@@ -616,43 +660,42 @@ def paper_section(result: dict[str, Any], metric: str, mode: str) -> str:
 
 
 # --------------------------------------------------------------------------- the page
-def _operating_point(spec, result: dict[str, Any]) -> tuple[float, str]:
-    c = _num(getattr(spec, "coverage", None))
+def _operating_point(spec: SweepSpec, result: ExportMetrics) -> tuple[float, str]:
+    c = num(spec.coverage)
     if c is not None:
         return c, "the sweep's operating point (--coverage)"
-    c = _num(result.get("val", {}).get("coverage"))
+    c = num((result.val or {}).get("coverage"))
     if c is None:
         raise ValueError("no operating point: spec.coverage is unset and the result has "
                          "no val coverage")
     return c, "old experiment without an operating point: the exported trial's val coverage"
 
 
-def _top_trials(status, ledger, metric, mode, spec) -> str:
+def _top_trials(status: SweepStatus, ledger: Ledger, metric: str, mode: str,
+                spec: SweepSpec) -> str:
     points = {p.trial_id: p for p in trial_points(status, ledger, metric, mode)}
-    by_id = {t["trial_id"]: t for t in status["trials"]}
-    order = sorted(points.values(), key=lambda p: p.objective if mode == "min" else -p.objective)
+    by_id = {t.trial_id: t for t in status.trials}
+    order = sorted(points.values(), key=lambda p: rank_key(p.objective, mode))
     rows_t = [by_id[p.trial_id] for p in order[:15]]
-    params = sorted(k for k in {k for t in rows_t for k in t["config"]} - set(spec.fixed)
-                    if len({repr(t["config"].get(k)) for t in rows_t}) > 1)
+    params = sorted(k for k in {k for t in rows_t for k in t.config} - set(spec.fixed)
+                    if len({repr(t.config.get(k)) for t in rows_t}) > 1)
     rows = []
     for p in order[:15]:
         t = by_id[p.trial_id]
-        hist = ledger["trials"][p.trial_id].get("history", {}).get(str(p.iteration), {})
-        rows.append([p.trial_id, t["status"], t["iterations"], p.objective, p.iteration,
+        hist = ledger.trials[p.trial_id].history.get(str(p.iteration), {})
+        rows.append([p.trial_id, t.status.value, t.iterations, p.objective, p.iteration,
                      p.coverage, hist.get("gap_to_best_baseline"),
-                     *[t["config"].get(k) for k in params]])
+                     *[t.config.get(k) for k in params]])
     if not rows:
         return _note(f"no trial reported {metric} yet")
     return table_html(["trial", "status", "iters", f"best {metric}", "at iter", "coverage",
                        "gap to best baseline", *params], rows, text_columns=(0, 1))
 
 
-def _full_tables(result: dict[str, Any]) -> str:
+def _full_tables(result: ExportMetrics) -> str:
     parts = []
-    for split in ("val", "test"):
-        if split not in result:
-            continue
-        src = {MODEL: result[split], **(result.get("baselines", {}).get(split) or {})}
+    for split, model in result.splits().items():
+        src = {MODEL: model, **(result.baselines.get(split) or {})}
         cols = [m for m in HEADLINE if any(m in r for r in src.values())]
         parts.append(f"<h3>{split}</h3>" + table_html(
             ["", *cols], [[n, *[r.get(m) for m in cols]] for n, r in src.items()],
@@ -660,11 +703,18 @@ def _full_tables(result: dict[str, Any]) -> str:
     return "".join(parts) or _note("the result has no val/test metrics")
 
 
-def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, Any],
-                 result: dict[str, Any], bundle, checkpoint: Path, device: str,
+def write_report(out: Path, *, spec: SweepSpec, status: SweepStatus, ledger: Ledger,
+                 result: ExportMetrics,
+                 rule_scores: Callable[[str, float], RuleScores] | None,
                  pareto: list[dict[str, Any]] | None, metric: str, mode: str) -> Path:
     """Write ``out/report/*.png`` and ``out/report.html`` (module docstring); returns
-    the HTML path. Sections that cannot be drawn become notes (see :func:`guarded`)."""
+    the HTML path. Sections that cannot be drawn become notes (see :func:`guarded`).
+
+    The report draws what it is given: the sweep's status and ledger, the exported
+    result, and ``rule_scores(split, coverage)``, the per-sample scores of the model
+    and its baselines (computed by the caller's trainable-specific code, called here
+    so that a failure is one note, not a failed export).
+    """
     out = Path(out)
     rdir = out / REPORT_DIR
     rdir.mkdir(parents=True, exist_ok=True)
@@ -681,17 +731,15 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
                      guarded("the paper table", lambda: paper_section(result, metric, mode))))
 
     # Per-sample scores of the model and the baselines, shared by two plots.
-    split = "test" if "test" in result else "val"
+    split = _shown_split(result)
     scores: list[RuleScores] = []
 
     def compute_scores() -> str:
         if not have_c:
             raise ValueError("no operating point to mark")
-        if spec.trainable == "stage1":
-            names = list(result.get("baselines", {}).get(split) or {})
-            scores.append(stage1_scores(bundle, checkpoint, split, device, names))
-        else:
-            scores.append(argse_scores(bundle, checkpoint, coverage, split, device))
+        if rule_scores is None:
+            raise ValueError("no per-sample scores were given to the report")
+        scores.append(rule_scores(split, coverage))
         return "".join(_note(n) for n in scores[0].notes)
 
     score_note = guarded(f"per-sample scores on {split}", compute_scores)
@@ -712,7 +760,7 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
         points = trial_points(status, ledger, metric, mode)
         missing = sum(p.coverage is None for p in points)
         values, best, source = baseline_values(status, result, metric)
-        data = plot_trials(points, values, best, metric, coverage, result.get("trial_id"),
+        data = plot_trials(points, values, best, metric, coverage, result.trial_id,
                            rdir / "trials.png")
         note = (_note(f"{missing} trial(s) reported no coverage and are not drawn")
                 if missing else "")
@@ -727,9 +775,8 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
     def history() -> str:
         study_box.append(load_study(spec))
         values, best, _ = baseline_values(status, result, spec.metrics[0])
-        if best is None and values:
-            pick = min if spec.modes[0] == "min" else max
-            best = pick(values, key=lambda n: values[n])
+        if best is None:
+            best = best_name(values, spec.modes[0])
         line = (best, values[best]) if best is not None else None
         data = plot_history(study_box[0], rdir / "history.png", ",".join(spec.metrics), line)
         return _img(data, "optimisation history")
@@ -749,10 +796,10 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
         def pareto_section() -> str:
             front = {p["trial_id"] for p in pareto}
             pts = []
-            for t in status["trials"]:
-                x, y = (_num(t["metrics"].get(m)) for m in spec.metrics[:2])
+            for t in status.trials:
+                x, y = (num(t.metrics.get(m)) for m in spec.metrics[:2])
                 if x is not None and y is not None:
-                    pts.append((t["trial_id"], x, y, t["trial_id"] in front))
+                    pts.append((t.trial_id, x, y, t.trial_id in front))
             data = plot_pareto(pts, spec.metrics[:2], rdir / "pareto.png")
             return _img(data, "Pareto front") + table_html(
                 ["trial", *spec.metrics],
@@ -761,8 +808,8 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
         sections.append(("Pareto front", guarded("the Pareto front", pareto_section)))
 
     title = f"seltune export: {spec.name}"
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(status.get("counts", {}).items()))
-    selection = result.get("selection") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items()))
+    selected = None if result.selection is None else result.selection.value
     summary = (
         f"<p>trainable <b>{html.escape(spec.trainable)}</b>, data "
         f"<code>{html.escape(str(spec.data))}</code>.<br>"
@@ -770,9 +817,9 @@ def write_report(out: Path, *, spec, status: dict[str, Any], ledger: dict[str, A
         f"({html.escape(coverage_source)}); every trial and baseline is judged at this "
         "coverage.<br>"
         f"Selected by <b>{html.escape(metric)}</b> ({html.escape(mode)}) on val: trial "
-        f"<b>{html.escape(str(result.get('trial_id')))}</b> at iteration "
-        f"{html.escape(str(result.get('iteration')))}"
-        f" (value {html.escape(fmt(selection.get('value')))}).<br>"
+        f"<b>{html.escape(str(result.trial_id))}</b> at iteration "
+        f"{html.escape(str(result.iteration))}"
+        f" (value {html.escape(fmt(selected))}).<br>"
         f"Trials: {html.escape(counts or 'none')}.</p>")
     body = "".join(f"<h2>{html.escape(t)}</h2>{s}" for t, s in sections)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import fault_point
-from tuning.experiment.layout import LEDGER_FILE, running_experiment, seltune_dir, write_json
+from tuning.experiment.layout import running_experiment, seltune_dir
 from tuning.experiment.mirror import publish
-from tuning.experiment.records import load_ledger
+from tuning.experiment.records import Ledger, LedgerEntry, TrialState, load_ledger, save_ledger
 
 #: Ray's bookkeeping keys that the ledger does not keep (it keeps the metrics).
 _RAY_KEYS = frozenset({
@@ -26,19 +26,19 @@ _RAY_KEYS = frozenset({
 # --------------------------------------------------------------------------- callbacks
 #: The ledger's status of a trial Tune stopped without it having finished (the driver
 #: was interrupted): ``seltune resume`` continues it from its last checkpoint.
-INTERRUPTED = "INTERRUPTED"
+INTERRUPTED = TrialState.INTERRUPTED
 
 
-def ledger_status(ray_status: str, previous: str | None) -> str:
+def ledger_status(ray_status: str, previous: str | None) -> TrialState:
     """The ledger status for a trial Tune reports as ``ray_status``.
 
     Only :meth:`LedgerCallback.on_trial_complete` decides that a trial finished: Tune
     also calls TERMINATED every trial it stops when the driver is interrupted
     (Ctrl-C), including trials that never started, and those must stay resumable.
     """
-    if ray_status == "TERMINATED" and previous != "TERMINATED":
+    if ray_status == TrialState.TERMINATED and previous != TrialState.TERMINATED:
         return INTERRUPTED
-    return ray_status
+    return TrialState(ray_status)
 
 
 def _metrics_of(result: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +72,10 @@ else:
 class LedgerCallback(_CallbackBase):
     """Writes ``seltune/trials.json``: status, config and per-iteration results.
 
-    ``{"trials": {TRIAL_ID: {"trial_id", "status", "config", "dir", "iterations",
-    "error", "history": {ITERATION: {metric: value, ..., "checkpoint_dir_name"}}}},
-    "updated": UNIX_TIME}``. Written atomically at most twice a second while results
-    and state changes arrive, and at once when a trial ends, so it is readable at any
+    A :class:`~tuning.experiment.records.Ledger` of
+    :class:`~tuning.experiment.records.LedgerEntry` records (the JSON shape is there),
+    written atomically at most twice a second while results and state changes arrive,
+    and at once when a trial ends, so it is readable at any
     time and at most half a second behind after a crash (Ray's own result.json files
     and the restored trials fill that gap on resume). A restored sweep merges into the
     existing ledger, keyed by iteration, so repeated iterations are not duplicated.
@@ -85,7 +85,7 @@ class LedgerCallback(_CallbackBase):
 
     def __init__(self, experiment_dir: str) -> None:
         self.experiment_dir = str(experiment_dir)
-        self._ledger: dict[str, Any] | None = None
+        self._ledger: Ledger | None = None
         self._last_write = 0.0
         self._dirty = False
         self._reconciled = False
@@ -102,24 +102,20 @@ class LedgerCallback(_CallbackBase):
         type(self).__init__(self, str(running) if running else state["experiment_dir"])
 
     @property
-    def ledger(self) -> dict[str, Any]:
+    def ledger(self) -> Ledger:
         if self._ledger is None:
             self._ledger = load_ledger(Path(self.experiment_dir))
         return self._ledger
 
-    def _entry(self, trial) -> dict[str, Any]:
-        trials = self.ledger["trials"]
+    def _entry(self, trial) -> LedgerEntry:
+        trials = self.ledger.trials
         entry = trials.get(trial.trial_id)
         if entry is None:
-            entry = trials[trial.trial_id] = {
-                "trial_id": trial.trial_id, "order": len(trials),
-                "status": ledger_status(trial.status, None),
-                "config": {},
-                "dir": None, "iterations": 0, "error": None, "history": {},
-            }
-        entry["config"] = _trial_config(trial)
+            entry = trials[trial.trial_id] = LedgerEntry(
+                trial.trial_id, order=len(trials), status=ledger_status(trial.status, None))
+        entry.config = _trial_config(trial)
         try:
-            entry["dir"] = Path(trial.storage.trial_fs_path).name
+            entry.dir = Path(trial.storage.trial_fs_path).name
         except Exception:  # storage not set up yet for a brand-new trial
             pass
         return entry
@@ -129,11 +125,8 @@ class LedgerCallback(_CallbackBase):
         if not force and now - self._last_write < 0.5:
             self._dirty = True
             return
-        self.ledger["updated"] = time.time()
-        path = seltune_dir(Path(self.experiment_dir)) / LEDGER_FILE
-        # Rewritten whole several times a second while trials report: compact JSON.
-        write_json(path, self.ledger, indent=None)
-        publish(path)
+        self.ledger.updated = time.time()
+        publish(save_ledger(Path(self.experiment_dir), self.ledger))
         self._last_write = now
         self._dirty = False
 
@@ -141,12 +134,12 @@ class LedgerCallback(_CallbackBase):
         # Runs after every step of Tune's loop: look at statuses only, and rebuild an
         # entry (config copy, storage path) only for a trial that is new or changed.
         changed = False
-        entries = self.ledger["trials"]
+        entries = self.ledger.trials
         for trial in trials:
             entry = entries.get(trial.trial_id)
-            status = ledger_status(trial.status, None if entry is None else entry["status"])
-            if entry is None or entry["status"] != status:
-                self._entry(trial)["status"] = status
+            status = ledger_status(trial.status, None if entry is None else entry.status)
+            if entry is None or entry.status != status:
+                self._entry(trial).status = status
                 changed = True
         return changed
 
@@ -183,9 +176,9 @@ class LedgerCallback(_CallbackBase):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         entry = self._entry(trial)
         it = int(result.get("training_iteration", 0))
-        entry["history"][str(it)] = _metrics_of(result)
-        entry["iterations"] = max(int(entry.get("iterations", 0)), it)
-        entry["status"] = trial.status
+        entry.history[str(it)] = _metrics_of(result)
+        entry.iterations = max(entry.iterations, it)
+        entry.status = TrialState(trial.status)
         self._write()  # throttled; on_step_end flushes the rest
         fault_point("after_trial_result")
 
@@ -196,15 +189,15 @@ class LedgerCallback(_CallbackBase):
         entry = self._entry(trial)
         # Finished before Ray's last snapshot said so: the scheduler stops its restored
         # copy before it runs (PersistentASHA), and it stays finished.
-        if entry["status"] != "TERMINATED":
-            entry["status"] = "TERMINATED" if self.ran_to_end(trial) else INTERRUPTED
+        if entry.status != TrialState.TERMINATED:
+            entry.status = TrialState.TERMINATED if self.ran_to_end(trial) else INTERRUPTED
         self._sync_statuses([t for t in trials if t is not trial])
         self._write(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         entry = self._entry(trial)
-        entry["status"] = "ERROR"
-        entry["error"] = str(getattr(trial, "error_file", None) or "error")
+        entry.status = TrialState.ERROR
+        entry.error = str(getattr(trial, "error_file", None) or "error")
         self._write(force=True)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
@@ -219,12 +212,13 @@ class LedgerCallback(_CallbackBase):
         known = {trial.trial_id for trial in trials}
         # A trial that had *finished* is kept: its results are complete here and in the
         # study, and the searcher counts it towards num_samples.
-        lost = [tid for tid, entry in self.ledger["trials"].items()
-                if tid not in known and entry["status"] not in ("TERMINATED", "ERROR")]
+        lost = [tid for tid, entry in self.ledger.trials.items()
+                if tid not in known
+                and entry.status not in (TrialState.TERMINATED, TrialState.ERROR)]
         for tid in lost:
-            entry = self.ledger["trials"].pop(tid)
-            entry["status"] = "LOST"
-            self.ledger.setdefault("lost", {})[tid] = entry
+            entry = self.ledger.trials.pop(tid)
+            entry.status = TrialState.LOST
+            self.ledger.lost[tid] = entry
         if lost:
             self._write(force=True)
 
@@ -283,11 +277,11 @@ class ProgressCallback(_CallbackBase):
         for t in trials:
             r = t.last_result or {}
             status = t.status
-            if status == "TERMINATED" and t.trial_id not in ended:
+            if status == TrialState.TERMINATED and t.trial_id not in ended:
                 status = INTERRUPTED
             rows.append([t.trial_id, status, r.get("training_iteration"),
                          r.get(self.metric), *[r.get(m) for m in self.extra]])
-        done = sum(t.status == "ERROR" or t.trial_id in ended for t in trials)
+        done = sum(t.status == TrialState.ERROR or t.trial_id in ended for t in trials)
         title = f"trials: {done}/{self.total or len(trials)} finished"
         baselines = self.baselines or {}
         best = baselines.get("best")
@@ -299,7 +293,8 @@ class ProgressCallback(_CallbackBase):
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self._ended is None:  # restored trials that had finished before this driver
-            self._ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            self._ended = {t.trial_id for t in trials
+                           if t.status in (TrialState.TERMINATED, TrialState.ERROR)}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._changed = True

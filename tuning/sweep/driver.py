@@ -17,6 +17,7 @@ from tuning.experiment.layout import (
     write_json,
 )
 from tuning.experiment.mirror import publish
+from tuning.experiment.records import FINISHED
 from tuning.experiment.spec import SweepSpec
 from tuning.sweep.callbacks import LedgerCallback, ProgressCallback
 from tuning.sweep.options import SweepOptions
@@ -94,7 +95,7 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
         release_driver(path)
     status = experiment_status(path)
     if interrupted:
-        finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
+        finished = sum(n for s, n in status["counts"].items() if s in FINISHED)
         print(f"[seltune] interrupted with {finished}/{spec.num_samples} trials finished "
               f"(unfinished ones continue from their last checkpoint); continue it with: "
               f"seltune resume {spec.location}", file=sys.stderr, flush=True)

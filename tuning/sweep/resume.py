@@ -8,6 +8,7 @@ from typing import Any
 
 from core.errors import InputError
 from tuning.experiment.layout import find_experiment
+from tuning.experiment.records import FINISHED
 from tuning.experiment.spec import check_study_db, load_spec
 
 
@@ -39,7 +40,7 @@ def resume(experiment: str, *, storage: str | None = None, num_cpus: int | None 
                          file=spec.location, expected="an experiment started by `seltune sweep`; "
                          "start a new sweep instead")
     status = experiment_status(path, spec)
-    finished = sum(n for s, n in status["counts"].items() if s in ("TERMINATED", "STOPPED"))
+    finished = sum(n for s, n in status["counts"].items() if s in FINISHED)
     if finished >= spec.num_samples:
         print(f"[seltune] {spec.name}: all {spec.num_samples} trials already finished",
               file=sys.stderr)

@@ -41,13 +41,12 @@ def ledger_finished(seltune_dir: Path) -> set[str]:
     scheduler stops it before it runs again (the ledger is the source of truth).
     """
     from tuning.experiment.layout import LEDGER_FILE
-    from tuning.experiment.records import load_ledger
+    from tuning.experiment.records import TrialState, load_ledger
 
     if not (seltune_dir / LEDGER_FILE).is_file():
         return set()
-    trials = load_ledger(seltune_dir.parent)["trials"]
-    return {tid for tid, e in trials.items() if isinstance(e, dict)
-            and e.get("status") == "TERMINATED"}
+    trials = load_ledger(seltune_dir.parent).trials
+    return {tid for tid, e in trials.items() if e.status == TrialState.TERMINATED}
 
 
 class PersistentASHA(AsyncHyperBandScheduler):

@@ -1,17 +1,20 @@
 """The export report (tuning/results/html_report.py), built without Ray.
 
-The inputs are what export hands ``write_report``: a tiny expert bundle, a real
-AR-GSE checkpoint from ``train_selective`` (one Stage-A epoch, one cycle), a small
-Optuna study in SQLite, and ``status`` / ``ledger`` / ``result`` dicts in the shapes
-status and export produce. :func:`build_report_inputs` is also used by
+The inputs are what export hands ``write_report``: the per-sample scores of a real
+AR-GSE checkpoint from ``train_selective`` (one Stage-A epoch, one cycle) on a tiny
+expert bundle, a small Optuna study in SQLite, and the ``status`` / ``ledger`` /
+``result`` records (read from dicts in the JSON shapes status and export write). :func:`build_report_inputs` is also used by
 ``tests/integration/test_report_browser.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 
 from core.bundles import ExpertBundle, ExpertSplit
+from tuning.experiment.records import ExportMetrics, Ledger, SweepStatus
 from tuning.experiment.spec import SweepSpec
 from tuning.results import html_report as R
 
@@ -84,10 +88,11 @@ def make_spec(tmp: Path, study_storage: str, **kw: Any) -> SweepSpec:
 
 
 def make_trials(n: int, baselines: dict[str, dict[str, float]]
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+                ) -> tuple[SweepStatus, Ledger]:
     """``(status, ledger)`` of ``n`` trials: finished, ASHA-stopped and one error, each
     with two reported iterations near the operating coverage, plus the sweep's
-    baselines in ``status["baselines"]`` (the shape status is to write)."""
+    baselines in ``status.baselines`` (read from the JSON shapes status and the
+    ledger write)."""
     rng = np.random.default_rng(2)
     kinds = ["TERMINATED", "STOPPED", "TERMINATED", "STOPPED", "ERROR", "TERMINATED"]
     best_name = min(baselines, key=lambda k: baselines[k]["worst_group_error"])
@@ -122,7 +127,7 @@ def make_trials(n: int, baselines: dict[str, dict[str, float]]
                   "baselines": {"coverage": COVERAGE, "split": "val",
                                 "metric": "worst_group_error", "values": baselines,
                                 "best": {"name": best_name, "value": best_value}}}
-    return status_obj, {"trials": ledger}
+    return SweepStatus.from_dict(status_obj), Ledger.from_dict({"trials": ledger})
 
 
 def build_report_inputs(tmp: Path, *, complete: int = 6, n_trials: int = 9) -> dict[str, Any]:
@@ -151,11 +156,14 @@ def build_report_inputs(tmp: Path, *, complete: int = 6, n_trials: int = 9) -> d
     status, ledger = make_trials(n_trials, result["baselines"]["val"])
     result.update(config={"lr": 0.01}, checkpoint=str(ckpt), trial_id="t02", iteration=2,
                   selection={"metric": "worst_group_error", "mode": "min",
-                             "value": ledger["trials"]["t02"]["history"]["2"][
+                             "value": ledger.trials["t02"].history["2"][
                                  "worst_group_error"], "experiment": "/x/exp"})
-    return dict(spec=spec, status=status, ledger=ledger, result=result, bundle=bundle,
-                checkpoint=ckpt, device="cpu", pareto=None, metric="worst_group_error",
-                mode="min")
+
+    def rule_scores(split: str, coverage: float) -> R.RuleScores:  # as export scores
+        return R.argse_scores(bundle, ckpt, coverage, split, "cpu")
+
+    return dict(spec=spec, status=status, ledger=ledger, result=ExportMetrics.from_dict(result),
+                rule_scores=rule_scores, pareto=None, metric="worst_group_error", mode="min")
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +274,9 @@ def test_report_draws_every_section_with_baselines_and_operating_point(inputs, t
 
 
 def test_report_shows_the_verdict_lines_export_gives(inputs, tmp_path):
-    result = {**inputs["result"],
-              "verdict": ["val: beats Plug-in[Worst] (0.2 vs 0.21)",
-                          "test: does not beat Plug-in[Worst] (0.22 vs 0.21)"]}
+    result = dataclasses.replace(inputs["result"],
+                                 verdict=["val: beats Plug-in[Worst] (0.2 vs 0.21)",
+                                          "test: does not beat Plug-in[Worst] (0.22 vs 0.21)"])
     text = R.write_report(tmp_path, **{**inputs, "result": result}).read_text()
     assert "<li>test: does not beat Plug-in[Worst] (0.22 vs 0.21)</li>" in text
     assert "verdict from export" in text
@@ -278,7 +286,7 @@ def test_report_shows_the_verdict_lines_export_gives(inputs, tmp_path):
 def test_verdict_gap_is_model_minus_baseline():
     rows = [("Plug-in [Worst]", "plugin_worst", {"worst_group_error": 0.21}),
             ("Chow [mixture]", "chow:mixture", {"worst_group_error": 0.30})]
-    lines, _ = R.verdict_lines({"test": {"worst_group_error": 0.25}}, rows,
+    lines, _ = R.verdict_lines(ExportMetrics(test={"worst_group_error": 0.25}), rows,
                                "worst_group_error", "min", "test")
     assert lines[0].endswith("(gap +0.04): does not beat it")
     assert lines[1].endswith("(gap -0.05): beats it")
@@ -286,17 +294,17 @@ def test_verdict_gap_is_model_minus_baseline():
 
 def test_old_experiment_uses_val_coverage_and_old_area_names(inputs, tmp_path):
     spec = make_spec(tmp_path, inputs["spec"].study_storage)  # no .coverage attribute
-    result = dict(inputs["result"])
-    result["test"] = {("area_" + k[:-5] + "_error" if k.endswith("_area") else k): v
-                      for k, v in result["test"].items()}
-    assert "area_worst_group_error" in result["test"]
-    status = {k: v for k, v in inputs["status"].items() if k != "baselines"}
+    old_test = {("area_" + k[:-5] + "_error" if k.endswith("_area") else k): v
+                for k, v in inputs["result"].test.items()}
+    result = dataclasses.replace(inputs["result"], test=old_test)
+    assert "area_worst_group_error" in result.test
+    status = dataclasses.replace(inputs["status"], baselines=None)
     text = R.write_report(tmp_path, **{**inputs, "spec": spec, "result": result,
                                        "status": status}).read_text()
     assert "old experiment without an operating point" in text
-    assert f"C = {R.fmt(result['val']['coverage'])}" in text
+    assert f"C = {R.fmt(result.val['coverage'])}" in text
     model_row = re.search(r"<tr class='model'>(.*?)</tr>", text).group(1)
-    assert R.fmt(result["test"]["area_worst_group_error"]) in model_row
+    assert R.fmt(result.test["area_worst_group_error"]) in model_row
     assert "export&#x27;s val baselines" in text
     assert "could not be drawn" not in text
 
@@ -332,13 +340,37 @@ def test_a_section_that_fails_is_logged_with_traceback_and_noted(inputs, tmp_pat
     assert (tmp_path / R.REPORT_DIR / "group_error_curves.png").is_file()  # the rest drawn
 
 
-def test_report_curves_use_the_rules_export_scores(inputs):
+def test_a_failed_section_reaches_stderr_with_its_traceback():
+    """During an export (``logged_to_stderr``) the traceback is on stderr, the note in
+    the page; with logging configured by the application it goes there instead."""
+    code = ("import logging\n"
+            "from tuning.results import html_report as R\n"
+            "def boom():\n"
+            "    raise ZeroDivisionError('no curves today')\n"
+            "with R.logged_to_stderr():\n"
+            "    print(R.guarded('the curves', boom))\n"
+            "assert R.log.handlers == []  # removed again afterwards\n"
+            "logging.basicConfig(format='app: %(message)s')\n"
+            "with R.logged_to_stderr():\n"
+            "    R.guarded('the table', boom)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[3])
+    assert p.returncode == 0, p.stderr
+    assert "the curves could not be drawn: ZeroDivisionError: no curves today" in p.stdout
+    assert ("[seltune] ERROR seltune.report: report: section 'the curves' could not be "
+            "drawn") in p.stderr
+    assert "Traceback (most recent call last)" in p.stderr and "in boom" in p.stderr
+    assert "app: report: section 'the table' could not be drawn" in p.stderr
+    assert "[seltune] ERROR seltune.report: report: section 'the table'" not in p.stderr
+
+
+def test_report_curves_use_the_rules_export_scores():
     """The rules the report draws are the rules export's numbers come from."""
     from core.argse.baselines import baseline_metrics, baseline_rules
     from core.argse.evaluation import selective_metrics
     from tuning.results.export import fitted_baselines
 
-    bundle = inputs["bundle"]
+    bundle = make_expert_bundle()  # the report inputs' bundle
     fitted = fitted_baselines(bundle)
     rules = baseline_rules(bundle, "test", COVERAGE, fitted)
     expected = baseline_metrics(bundle, "test", COVERAGE, fitted)
@@ -352,9 +384,9 @@ def test_report_curves_use_the_rules_export_scores(inputs):
 
 def test_trial_points_take_coverage_at_the_best_iteration(inputs):
     points = R.trial_points(inputs["status"], inputs["ledger"], "worst_group_error", "min")
-    assert len(points) == len(inputs["status"]["trials"])
+    assert len(points) == len(inputs["status"].trials)
     for p in points:
-        hist = inputs["ledger"]["trials"][p.trial_id]["history"]
+        hist = inputs["ledger"].trials[p.trial_id].history
         best = min(hist.values(), key=lambda m: m["worst_group_error"])
         assert p.objective == best["worst_group_error"]
         assert p.coverage == best["coverage"]
@@ -392,8 +424,11 @@ def test_stage1_report_draws_the_exit_score_against_its_baselines(tmp_path):
     spec.coverage = 0.8  # type: ignore[attr-defined]
     status, ledger = make_trials(3, {n: {"worst_group_error": m["worst_group_error"]}
                                      for n, m in result["baselines"]["val"].items()})
+    names = list(result["baselines"]["test"])
     text = R.write_report(tmp_path / "out", spec=spec, status=status, ledger=ledger,
-                          result=result, bundle=bundle, checkpoint=ckpt, device="cpu",
+                          result=ExportMetrics.from_dict(result),
+                          rule_scores=lambda split, c: R.stage1_scores(bundle, ckpt, split,
+                                                                       "cpu", names),
                           pareto=None, metric="worst_group_error", mode="min").read_text()
     assert "could not be drawn" not in text
     assert (tmp_path / "out" / R.REPORT_DIR / "group_error_curves.png").is_file()

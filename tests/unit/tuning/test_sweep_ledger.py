@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from sweep_specs import make_spec
 
 from tuning.experiment.layout import write_json
-from tuning.experiment.records import load_ledger
+from tuning.experiment.records import LedgerEntry, TrialState, load_ledger
 from tuning.experiment.spec import save_spec
 from tuning.results.status import experiment_status
 from tuning.sweep.callbacks import LedgerCallback
@@ -37,16 +37,16 @@ def test_trials_unknown_to_the_restored_tuner_are_lost_not_counted(tmp_path):
     cb = LedgerCallback(str(tmp_path / "exp"))
     cb.on_step_begin(0, [_trial("a", "TERMINATED")])
     ledger = load_ledger(tmp_path / "exp")
-    assert set(ledger["trials"]) == {"a", "d"}
-    assert ledger["lost"]["b"]["status"] == "LOST"
+    assert set(ledger.trials) == {"a", "d"}
+    assert ledger.lost["b"].status == TrialState.LOST == "LOST"
     status = experiment_status(tmp_path / "exp")
     assert [t["trial_id"] for t in status["trials"]] == ["a", "d"]
     assert status["counts"] == {"TERMINATED": 2}
     assert status["lost"] == ["b"]
     # Only the first step reconciles: trials created later in this run stay.
-    cb.ledger["trials"]["c"] = {"trial_id": "c", "order": 2, **entry}
+    cb.ledger.trials["c"] = LedgerEntry.from_dict({"trial_id": "c", "order": 2, **entry})
     cb.on_step_begin(1, [_trial("a", "TERMINATED")])
-    assert "c" in cb.ledger["trials"]
+    assert "c" in cb.ledger.trials
 
 
 def test_fresh_sweep_first_step_changes_nothing(tmp_path):
@@ -93,7 +93,7 @@ def test_a_trial_tune_stops_on_interrupt_is_interrupted_not_terminated(tmp_path)
               _done_trial("asha", 1)]
     for t in trials:
         cb.on_trial_complete(0, trials, t)
-    statuses = {k: v["status"] for k, v in load_ledger(tmp_path / "exp")["trials"].items()}
+    statuses = {k: v.status for k, v in load_ledger(tmp_path / "exp").trials.items()}
     assert statuses == {"half": "INTERRUPTED", "end": "TERMINATED", "ret": "TERMINATED",
                         "asha": "TERMINATED"}
     counts = experiment_status(tmp_path / "exp")["counts"]
@@ -108,11 +108,11 @@ def test_terminated_without_completion_is_interrupted(tmp_path):
     never = SimpleNamespace(trial_id="b", status="TERMINATED", config={}, storage=None,
                             last_result={})
     cb.on_experiment_end([_done_trial("a", 3), never])
-    statuses = {k: v["status"] for k, v in load_ledger(tmp_path / "exp")["trials"].items()}
+    statuses = {k: v.status for k, v in load_ledger(tmp_path / "exp").trials.items()}
     assert statuses == {"a": "TERMINATED", "b": "INTERRUPTED"}
     # resumed later: Tune runs it again, then completes it for real
     cb.on_step_end(1, [SimpleNamespace(trial_id="b", status="RUNNING", config={}, storage=None)])
-    assert cb.ledger["trials"]["b"]["status"] == "RUNNING"
+    assert cb.ledger.trials["b"].status == "RUNNING"
 
 
 def test_fit_noting_interrupt_sees_tunes_sigint_handler_put_back():

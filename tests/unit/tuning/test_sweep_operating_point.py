@@ -10,9 +10,9 @@ import pytest
 from core.errors import InputError
 from search_spaces import load_space
 from tuning.cli import main
+from tuning.experiment.records import Ledger, SweepStatus
 from tuning.results.baselines import gap, strongest, verdicts
-from tuning.results.export import select_best
-from tuning.results.status import best_iteration, feasible
+from tuning.results.selection import best_iteration, feasible, select_best
 from tuning.sweep.options import SweepOptions
 from tuning.sweep.prepare import _operating_point, warm_start_points
 from tuning.sweep.searcher import CoverageConstraint
@@ -58,14 +58,17 @@ def test_a_report_off_the_operating_point_is_never_best():
     assert best_iteration(history, "worst_group_error", "min", 0.02)[0] == 2
     assert not feasible(history["1"], 0.02) and feasible(history["2"], 0.02)
     assert feasible({"worst_group_error": 0.1}, 0.02)  # older reports carry no gap
-    status = {"path": "p", "trials": [{"trial_id": "a", "status": "TERMINATED"},
-                                      {"trial_id": "b", "status": "TERMINATED"}]}
-    ledger = {"trials": {"a": {"history": {"1": history["1"]}},
-                         "b": {"history": {"2": history["2"]}}}}
+    status = SweepStatus.from_dict(
+        {"name": "x", "path": "p", "metric": "worst_group_error", "mode": "min",
+         "trials": [{"trial_id": "a", "status": "TERMINATED"},
+                    {"trial_id": "b", "status": "TERMINATED"}]})
+    ledger = Ledger.from_dict({"trials": {"a": {"history": {"1": history["1"]}},
+                                          "b": {"history": {"2": history["2"]}}}})
     assert select_best(status, ledger, "worst_group_error", "min", 0.02)[0] == "b"
     assert select_best(status, ledger, "worst_group_error", "min", None)[0] == "a"
     with pytest.raises(InputError, match="operating point"):
-        select_best({"path": "p", "trials": [status["trials"][0]]}, ledger,
+        select_best(SweepStatus("x", "p", "worst_group_error", "min",
+                                trials=status.trials[:1]), ledger,
                     "worst_group_error", "min", 0.02)
 
 

@@ -10,7 +10,8 @@ from sweep_specs import make_spec
 from tuning.cli import main
 from tuning.experiment.layout import write_json
 from tuning.experiment.spec import save_spec
-from tuning.results.status import dominates, experiment_status, pareto_front
+from tuning.results.selection import dominates, pareto_front
+from tuning.results.status import experiment_status
 
 
 def h(it, wge, augrc, ckpt=True):

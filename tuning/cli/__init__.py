@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        if args.command is None and hasattr(parser, "default_func"):
-            return int(parser.default_func(args))
+    if not hasattr(args, "func"):  # `seltune` alone: the help, and a usage error's code
         parser.print_help()
         return 2
     try:

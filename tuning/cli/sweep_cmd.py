@@ -1,16 +1,34 @@
 """``seltune sweep | resume | export | status``: the tuning commands.
 
-``seltune sweep`` with no arguments runs the embedded default sweep (argse-selective,
-its default space, the default synthetic bundle, at the default operating point);
-``seltune`` with no command prints the help.
+``seltune sweep`` with no option that shapes the search runs the default sweep
+(argse-selective, its default space, the default synthetic bundle, at the default
+operating point, ``DEFAULT_SWEEP_SAMPLES`` trials). The arguments of ``sweep`` and
+``resume`` are generated from the fields of :class:`~tuning.sweep.options.SweepOptions`
+and :class:`~tuning.sweep.options.ResumeOptions` (names, types, defaults and help
+declared there once), and the parsed arguments fill those dataclasses.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any, TypeVar
 
 from core.device import DEVICE_CHOICES
+from tuning.sweep.options import (
+    ResumeOptions,
+    SweepOptions,
+    cli_fields,
+    field_type,
+)
+
+OptionsT = TypeVar("OptionsT")
+
+#: Choices the options dataclasses leave to the CLI (not known to the sweep package).
+TRAINABLE_CHOICES = ("argse-selective", "argse-pretrain", "stage1")
+CHOICES: dict[str, tuple[str, ...]] = {"trainable": TRAINABLE_CHOICES,
+                                       "device": DEVICE_CHOICES}
 
 EPILOG_SWEEP = """\
 Experiments go to STORAGE/NAME (STORAGE: --storage, $SELTUNE_STORAGE or
@@ -26,83 +44,48 @@ stopping, every trial runs its full schedule; status/export give the Pareto fron
 """
 
 
+def add_options(parser: argparse.ArgumentParser, cls: type,
+                choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One argument per command-line field of options dataclass ``cls``
+    (:func:`tuning.sweep.options.option`), its default the field's; ``choices`` adds
+    choices by field name."""
+    choices = choices or {}
+    defaults = cls()
+    for f, cli in cli_fields(cls):
+        kwargs: dict[str, Any] = {"dest": f.name, "default": getattr(defaults, f.name)}
+        if cli.action is not None:
+            kwargs["action"] = cli.action
+        else:
+            kwargs["type"] = field_type(cls, f.name)
+        if cli.choices is not None or f.name in choices:
+            kwargs["choices"] = cli.choices if cli.choices is not None else choices[f.name]
+        for key in ("help", "metavar"):
+            if getattr(cli, key) is not None:
+                kwargs[key] = getattr(cli, key)
+        parser.add_argument(cli.flag or "--" + f.name.replace("_", "-"), **kwargs)
+
+
+def options_from_args(cls: type[OptionsT], args: argparse.Namespace,
+                      **extra: Any) -> OptionsT:
+    """``cls`` filled from the parsed ``args`` (its command-line fields) and ``extra``."""
+    values = {f.name: getattr(args, f.name) for f, _ in cli_fields(cls)}
+    return cls(**{**values, **extra})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="run a hyperparameter search (Ray Tune + Optuna TPE + ASHA)",
         description="Run a hyperparameter search. With no arguments: the default "
         "argse-selective space on the default synthetic bundle, a few minutes on 2 CPUs.",
         epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trainable", default="argse-selective",
-                   choices=["argse-selective", "argse-pretrain", "stage1"])
-    p.add_argument("--data", help="bundle directory (default: the synthetic default "
-                   "bundle of the trainable's kind, built on first use)")
-    p.add_argument("--space", help="preset name or a .json/.yaml space file "
-                   "(default: the trainable's preset)")
-    p.add_argument("--num-samples", type=int, help="number of trials (default 16)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once "
-                   "(default: as resources allow)")
-    p.add_argument("--metric", default="worst_group_error",
-                   help="metric to optimise, or a comma list for multi-objective "
-                   "(default worst_group_error; every trial also reports augrc)")
-    p.add_argument("--mode", help="min|max (default: the metric's direction)")
-    p.add_argument("--grace-period", type=int, help="ASHA: reports before a trial can "
-                   "be stopped (default 1)")
-    p.add_argument("--max-t", type=int, help="ASHA: reports of a full run (default: "
-                   "epochs, or 1 + cycles for argse-selective)")
-    p.add_argument("--reduction-factor", type=float, help="ASHA: keep 1/rf per rung (default 3)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="fractions allowed, e.g. 0.25 for the small gating nets")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--address", help="local | auto | HOST:PORT (default $RAY_ADDRESS or local)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
-    p.add_argument("--storage", help="directory of experiments, or a URI "
-                   "(s3://BUCKET/PREFIX...; then --study-storage is required)")
-    p.add_argument("--name", help="experiment name (must not exist)")
-    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe",
-                   help="Optuna sampler (random: the baseline of benchmarks/search_quality.py)")
-    p.add_argument("--study-storage", help="SQLAlchemy URL of the Optuna study "
-                   "(default: SQLite inside the experiment; e.g. postgresql://...; "
-                   "required when --storage is a URI)")
-    p.add_argument("--max-failures", type=int, default=2,
-                   help="retries of a failing trial (from its last checkpoint)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="fix a config key for every trial (repeatable; "
-                   "removes it from the search if it was searched)")
-    p.add_argument("--coverage", type=float,
-                   help="the operating point: every trial is judged at this coverage "
-                   "(default 0.7 for argse-*, 0.8 for stage1); target_coverage/tau_* "
-                   "stay training knobs")
-    p.add_argument("--max-coverage-gap", type=float, default=0.02,
-                   help="a trial whose realised coverage misses --coverage by more is "
-                   "infeasible (never best; told to Optuna as a constraint)")
-    p.add_argument("--enqueue", metavar="FILE", help="JSON/YAML list of configs to "
-                   "evaluate first (after the defaults and the baseline-reproducing one)")
-    p.add_argument("--warm-start", metavar="EXPERIMENT", help="copy a finished sweep's "
-                   "trials into this study as history")
-    p.add_argument("--compat", choices=["argse-repo"],
-                   help="keep every trial inside what the AR-GSE repository's own rule "
-                   "expresses (fixes margin=seed, fit_temperature=false, final_rule=none, "
-                   "uniform_check=false, top_k=5, hidden_dims=[128,64]); its exports agree 100%%")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files in every trial directory "
-                        "(tensorboard --logdir EXPERIMENT)")
+    add_options(p, SweepOptions, CHOICES)
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=run_sweep_cmd)
 
     r = sub.add_parser("resume", help="continue a sweep whose driver died or was stopped")
     r.add_argument("experiment", metavar="EXPERIMENT",
                    help="experiment directory, name (under --storage) or URI/NAME")
-    r.add_argument("--storage")
-    r.add_argument("--num-cpus", type=int)
-    r.add_argument("--address", help="override the saved Ray address")
-    r.add_argument("--force", action="store_true", help="take over from a driver recorded "
-                   "on another host that is known to be dead (seltune/driver.json)")
-    r.add_argument("--trust-experiment", action="store_true",
-                   help="restore Ray's state even if this user's seltune did not sign it "
-                   "(it is unpickled: only for a folder you trust; README 'Trusting an "
-                   "experiment folder')")
+    add_options(r, ResumeOptions)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=run_resume_cmd)
 
@@ -129,55 +112,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true",
                    help='{"name","path","metric","mode","counts","best","trials"}')
     s.set_defaults(func=run_status_cmd)
-    global _SWEEP_DEFAULTS
-    _SWEEP_DEFAULTS = {a.dest: a.default for a in p._actions if a.dest != "help"}
-
-
-def sweep_options(args: argparse.Namespace, default_run: bool = False):
-    from tuning.sweep.options import SweepOptions
-
-    return SweepOptions(
-        trainable=args.trainable, data=args.data, space=args.space,
-        num_samples=args.num_samples, max_concurrent=args.max_concurrent,
-        metric=args.metric, mode=args.mode, grace_period=args.grace_period,
-        max_t=args.max_t, reduction_factor=args.reduction_factor,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        device=args.device, address=args.address, num_cpus=args.num_cpus,
-        storage=args.storage, name=args.name, seed=args.seed,
-        study_storage=args.study_storage, max_failures=args.max_failures,
-        sampler=args.sampler, tensorboard=args.tensorboard,
-        overrides=list(args.overrides), default_run=default_run,
-        coverage=args.coverage, max_coverage_gap=args.max_coverage_gap,
-        enqueue=args.enqueue, warm_start=args.warm_start, compat=args.compat,
-    )
-
-
-_SWEEP_DEFAULTS: dict = {}
-#: Options that do not change what the default sweep computes.
-_NEUTRAL = {"json", "num_cpus", "address", "storage", "func", "tensorboard"}
-
-
-def _is_default_invocation(args: argparse.Namespace) -> bool:
-    """True when no option that shapes the search was given (``seltune sweep`` alone)."""
-    return all(getattr(args, k, v) == v for k, v in _SWEEP_DEFAULTS.items()
-               if k not in _NEUTRAL)
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from tuning.results.status import print_status
     from tuning.sweep.driver import run_sweep
-    from tuning.sweep.options import DEFAULT_SWEEP_FIXED
     from tuning.terminal import print_json, stdout_to_stderr
 
-    default = _is_default_invocation(args)
-    if default:
-        # The embedded default: a shortened selective schedule so it ends in minutes.
-        args.overrides = [f"{k}={v}" for k, v in DEFAULT_SWEEP_FIXED.items()]
+    opts = options_from_args(SweepOptions, args)
+    if opts.is_default():
+        opts = dataclasses.replace(opts, default_run=True)
         print("[seltune] no --data/--space/--num-samples: running the default sweep "
               "(argse-selective, default space, synthetic bundle, coverage 0.7)",
               file=sys.stderr)
     with stdout_to_stderr(args.json):
-        status = run_sweep(sweep_options(args, default_run=default))
+        status = run_sweep(opts)
     if args.json:
         print_json(status)
     else:
@@ -210,10 +159,9 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
     from tuning.sweep.resume import resume
     from tuning.terminal import print_json, stdout_to_stderr
 
+    opts = options_from_args(ResumeOptions, args)
     with stdout_to_stderr(args.json):
-        status = resume(args.experiment, storage=args.storage, num_cpus=args.num_cpus,
-                        address=args.address, force=args.force,
-                        trust_experiment=args.trust_experiment)
+        status = resume(args.experiment, **dataclasses.asdict(opts))
     if args.json:
         print_json(status)
     else:

@@ -37,7 +37,15 @@ from tuning.experiment.layout import (
 )
 from tuning.experiment.mirror import EXPECTED_STORAGE
 from tuning.experiment.spec import SweepSpec, parse_metrics, save_spec
-from tuning.sweep.options import COMPAT_FIXED, DEFAULT_SWEEP_SAMPLES, SweepOptions
+from tuning.sweep.options import (
+    COMPAT_FIXED,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_REDUCTION_FACTOR,
+    DEFAULT_SWEEP_SAMPLES,
+    SAMPLERS,
+    SweepOptions,
+)
 from tuning.trainables import get_trainable, load_checked_bundle
 
 
@@ -104,8 +112,6 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if opts.reduction_factor is not None and not opts.reduction_factor > 1:
         raise InputError(field="--reduction-factor", value=opts.reduction_factor,
                          expected="a number > 1")
-    from tuning.sweep.searcher import SAMPLERS
-
     if opts.sampler not in SAMPLERS:
         raise InputError(field="--sampler", value=opts.sampler,
                          expected=f"one of {', '.join(SAMPLERS)}")
@@ -172,13 +178,14 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     if multi:
         scheduler = {"kind": "fifo", "max_t": max_t}
     else:
-        grace = opts.grace_period or 1
+        grace = opts.grace_period or DEFAULT_GRACE_PERIOD
         if grace > max_t:
             raise InputError(field="--grace-period", value=grace,
                              expected=f"<= --max-t ({max_t})")
         scheduler = {"kind": "asha", "grace_period": grace, "max_t": max_t,
-                     "reduction_factor": opts.reduction_factor or 3.0}
-    num_samples = opts.num_samples or (DEFAULT_SWEEP_SAMPLES if opts.default_run else 16)
+                     "reduction_factor": opts.reduction_factor or DEFAULT_REDUCTION_FACTOR}
+    num_samples = opts.num_samples or (DEFAULT_SWEEP_SAMPLES if opts.default_run
+                                      else DEFAULT_NUM_SAMPLES)
     if not 0.0 <= opts.max_coverage_gap < 1.0:
         raise InputError(field="--max-coverage-gap", value=opts.max_coverage_gap,
                          expected="a number in [0, 1)")

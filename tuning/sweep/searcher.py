@@ -1,54 +1,149 @@
-"""The searcher (Optuna TPE in an RDB study) and the early stopper (ASHA), as Tune sees them.
+"""The searcher: Optuna TPE in an RDB study, as Tune sees it (:class:`SeltuneOptunaSearch`).
 
-Two known Ray Tune behaviours are handled here (DESIGN.md):
+Where Ray's ``OptunaSearch`` is not what a sweep needs (docs/ARCHITECTURE.md, step 5):
 
 1. **Stopped trials reach Optuna as PRUNED.** Ray's ``OptunaSearch`` tells a trial
    that ASHA stopped at a low rung as COMPLETE with that low-rung value, so TPE would
    learn from low-fidelity numbers as if they were final. :class:`SeltuneOptunaSearch`
-   is told by :class:`PersistentASHA` which trials it stopped early (before ``max_t``)
-   and tells the study ``PRUNED`` for them, with every value they reported as Optuna
-   intermediate values (``step = training_iteration``). TPE then ranks them as Optuna
-   does for its own pruned trials (below complete trials, by the last step reached),
-   instead of mixing their values with full-fidelity ones. A trial that ran to its end
-   is told COMPLETE with the **best** value it reported (the value of the checkpoint
-   that ``seltune export`` would pick); a trial with no value is FAIL.
+   is told by the scheduler (:class:`tuning.sweep.scheduler.PersistentASHA`) which
+   trials it stopped early (before ``max_t``) and tells the study ``PRUNED`` for them,
+   with every value they reported as Optuna intermediate values
+   (``step = training_iteration``). TPE then ranks them as Optuna does for its own
+   pruned trials (below complete trials, by the last step reached), instead of mixing
+   their values with full-fidelity ones. A trial that ran to its end is told COMPLETE
+   with the **best** value it reported (the value of the checkpoint that
+   ``seltune export`` would pick); a trial with no value is FAIL.
 
-2. **ASHA's rungs survive a restart.** ``Tuner.restore`` rebuilds the scheduler from
-   ``tuner.pkl`` (the state at the start of the sweep), so rungs would start empty and
-   trials already stopped could run on to ``max_t``. :class:`PersistentASHA` writes
-   its rungs and the set of stopped trials to ``seltune/asha_state.json`` on every
-   decision and reloads them on first use after a restore; a stopped trial that Ray
-   brings back (its last saved state said RUNNING) is stopped again before it runs.
+2. **The study survives a driver restart.** After ``Tuner.restore`` the study knows
+   trials the restored snapshot does not (asked or finished after it):
+   :meth:`SeltuneOptunaSearch.reconcile_with_study` fails the orphans and marks the
+   finished ones, and ``num_samples`` is counted in the study.
 
-Multi-objective sweeps (``--metric augrc,worst_group_error``) use no early stopping
-(:func:`build_scheduler` returns a FIFO scheduler): ASHA ranks trials on one number, so
-it would cut trials that are good on the other objectives and bias the Pareto front,
-and Optuna has no intermediate values for multi-objective studies. Every trial runs its
-full schedule; its objective values are those of its last report.
+3. **A study write that fails stops the sweep.** Every write (an intermediate value, a
+   user attribute, ``tell``, ``add_trial``) goes through :func:`study_write`: a
+   transient database error (SQLite's "database is locked", a dropped PostgreSQL
+   connection: an ``OperationalError``) is retried a few times, then, like any other
+   error, raised as :class:`StudyWriteError`. Tune does not catch it in the driver,
+   so ``Tuner.fit`` fails with it (``seltune resume`` continues the sweep) rather than
+   the study silently disagreeing with Tune about a trial.
 
-Search-space conversion (``tuning.sweep.space``) is separate; this module only wraps
+Multi-objective sweeps (``--metric augrc,worst_group_error``) get no intermediate
+values (Optuna has none for multi-objective studies) and no early stopping (the
+scheduler is FIFO); their objective values are those of the last report.
+
+Search-space conversion (:mod:`tuning.sweep.space`) is separate; this module only wraps
 its define-by-run function so that it pickles with the searcher's state.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeGuard, TypeVar, cast
 
+import optuna
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from sqlalchemy import exc as sqlalchemy_exc
 
-if TYPE_CHECKING:
-    import optuna
+from core.errors import SeltuneError
+from search_spaces import SearchSpace
+from tuning.sweep.options import SAMPLERS
+from tuning.sweep.space import DefineByRun, define_by_run
+from tuning.sweep.study import open_study_storage
 
-    from tuning.sweep.space import DefineByRun
-
+__all__ = [
+    "COVERAGE_GAP_ATTR", "FIXED_ATTR", "SAMPLERS", "TRAINING_ITERATION", "CoverageConstraint",
+    "SeltuneOptunaSearch", "SpaceFunction", "StudyWriteError", "add_history",
+    "build_searcher", "enqueue_points", "fail_unfinished_trials", "make_sampler",
+    "study_write", "trial_outcome",
+]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
 TRAINING_ITERATION = "training_iteration"
+
+
+# --------------------------------------------------------------------------- study writes
+#: How many times a study write is tried when the database reports a transient error,
+#: and the pause before the second try (doubled before each further one): with SQLite's
+#: own 5 s busy wait per try, a write gives up after about 20 s of a locked database.
+STUDY_WRITE_ATTEMPTS = 4
+STUDY_RETRY_DELAY_S = 0.25
+
+
+class StudyWriteError(SeltuneError):
+    """A write to the Optuna study failed (after retries, if the error was transient).
+
+    Raised from the searcher's Tune callbacks, so it ends ``Tuner.fit``: going on would
+    leave the study disagreeing with Tune about a trial. ``seltune resume`` continues
+    the sweep once the study's database is usable again.
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a database error that a
+    retry may not meet again: an ``OperationalError`` (SQLite's "database is locked" or
+    "busy", a PostgreSQL connection dropped) or a connection SQLAlchemy invalidated.
+    Optuna raises these as ``StorageInternalError`` from the SQLAlchemy error."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (sqlalchemy_exc.OperationalError, sqlite3.OperationalError)):
+            return True
+        if isinstance(cur, sqlalchemy_exc.DBAPIError) and cur.connection_invalidated:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def study_write(what: str, write: Callable[[], T]) -> T:
+    """``write()``, retried on a transient database error (:func:`is_transient`) up to
+    :data:`STUDY_WRITE_ATTEMPTS` times in all.
+
+    Args:
+        what: what is written, for the messages ("the result of trial X at step 3").
+
+    Raises:
+        StudyWriteError: the write failed (any non-transient error at once, a transient
+            one when the tries are used up), chained from Optuna's exception.
+    """
+    delay = STUDY_RETRY_DELAY_S
+    for attempt in range(1, STUDY_WRITE_ATTEMPTS + 1):
+        try:
+            return write()
+        except Exception as exc:
+            transient = is_transient(exc)
+            if transient and attempt < STUDY_WRITE_ATTEMPTS:
+                logger.warning("Optuna study: could not write %s (%s: %s); retrying in "
+                               "%.2f s (try %d of %d)", what, type(exc).__name__,
+                               _first_line(exc), delay, attempt, STUDY_WRITE_ATTEMPTS)
+                time.sleep(delay)
+                delay *= 2
+                continue
+            tries = f" after {attempt} tries" if transient else ""
+            raise StudyWriteError(
+                f"the Optuna study could not record {what}{tries} ({type(exc).__name__}: "
+                f"{_first_line(exc)}); the sweep stops so that the study does not disagree "
+                f"with Tune (`seltune resume` continues it)") from exc
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    cause = exc.__cause__
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and cause is not None:
+        text = str(cause)  # Optuna's message is generic; the database's says what failed
+    return text.splitlines()[0][:300] if text else ""
 
 
 # --------------------------------------------------------------------------- searcher
@@ -72,9 +167,6 @@ class SpaceFunction:
 
     def __call__(self, trial) -> dict[str, Any]:
         if self._fn is None:
-            from search_spaces import SearchSpace
-            from tuning.sweep.space import define_by_run
-
             self._fn = define_by_run(SearchSpace.from_dict(self.space_dict))
         out = dict(self._fn(trial) or {})
         # A warm-start point may fix config keys the space does not search (e.g. the
@@ -147,19 +239,24 @@ def trial_outcome(
     return "COMPLETE", (min(seen) if mode == "min" else max(seen))
 
 
+_OPTUNA_STATE = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
+                 "FAIL": TrialState.FAIL}
+
+
 class SeltuneOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells early-stopped trials as PRUNED and survives restarts.
 
     Differences from Ray's class (all in the module docstring): early-stopped trials
     are PRUNED with intermediate values (:meth:`mark_stopped_early`, called by
-    :class:`PersistentASHA`); complete trials get their best value; each Optuna trial
-    carries a ``ray_trial_id`` user attribute; after a restore, the Optuna trials that
-    the last snapshot does not know (asked after it, before the driver died) are told
-    FAIL, and reports for trials the study already finished are ignored instead of
-    crashing the driver; a completion for a trial id the searcher never suggested
-    (Ray's ``restart_errored``) is logged and ignored; a trial that failed and was
-    retried by a resume (``resume_errored``) adds its outcome as a new study trial with
-    the same parameters (``retry_of`` = the failed trial's number).
+    :class:`~tuning.sweep.scheduler.PersistentASHA`); complete trials get their best
+    value; each Optuna trial carries a ``ray_trial_id`` user attribute; after a
+    restore, the Optuna trials that the last snapshot does not know (asked after it,
+    before the driver died) are told FAIL, and results for trials the study already
+    finished are not reported again; a completion for a trial id the searcher never
+    suggested (Ray's ``restart_errored``) is logged and ignored; a trial that failed and
+    was retried by a resume (``resume_errored``) adds its outcome as a new study trial
+    with the same parameters (``retry_of`` = the failed trial's number); a study write
+    that fails raises :class:`StudyWriteError`.
     """
 
     def __init__(self, *args: Any, experiment: str | None = None,
@@ -172,6 +269,9 @@ class SeltuneOptunaSearch(OptunaSearch):
         self._experiment = experiment
         self._num_samples = num_samples
         self._started_ids: set[Any] | None = None
+        # Trials the study had FAILed when this searcher was restored, now run again
+        # by `resume_errored`: their study trial takes no more values (see _record_retry).
+        self._retrying: set[str] = set()
 
     def trials_started(self) -> int:
         """Distinct Ray trials of this sweep recorded in the study (orphans excluded).
@@ -214,9 +314,12 @@ class SeltuneOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            attrs = {"ray_trial_id": trial_id}
             if self._experiment is not None:
-                ot_trial.set_user_attr("seltune_experiment", self._experiment)
+                attrs["seltune_experiment"] = self._experiment
+            for key, value in attrs.items():
+                study_write(f"{key} of trial {trial_id}",
+                            functools.partial(ot_trial.set_user_attr, key, value))
             if self._started_ids is not None:
                 self._started_ids.add(trial_id)
         return config
@@ -224,16 +327,15 @@ class SeltuneOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id not in self._ot_trials:
             return
-        if trial_id in self._completed_trials:
+        if trial_id in self._completed_trials or trial_id in self._retrying:
             return
         value = result.get(self.metric)
         step = result.get(TRAINING_ITERATION)
         if not _finite(value) or step is None:
             return
-        try:
-            self._ot_trials[trial_id].report(float(value), int(step))
-        except Exception as exc:  # the study already finished it (before a restart)
-            logger.debug("not reporting %s step %s: %s", trial_id, step, exc)
+        ot_trial = self._ot_trials[trial_id]
+        study_write(f"the result of trial {trial_id} at step {step}",
+                    lambda: ot_trial.report(float(value), int(step)))
 
     def mark_stopped_early(self, trial_id: str, result: dict | None) -> None:
         """Called by the scheduler when it stops ``trial_id`` before ``max_t``.
@@ -247,8 +349,6 @@ class SeltuneOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        from optuna.trial import TrialState
-
         if trial_id not in self._ot_trials:
             logger.warning("trial %s completed but was never suggested by this searcher; "
                            "ignored (was it restarted with restart_errored?)", trial_id)
@@ -269,23 +369,21 @@ class SeltuneOptunaSearch(OptunaSearch):
             stopped_early=trial_id in self._stopped_early,
             intermediate_values=dict(frozen.intermediate_values),
         )
-        ot_state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
-                    "FAIL": TrialState.FAIL}[state]
+        ot_trial = self._ot_trials[trial_id]
         gap = None if result is None else result.get(COVERAGE_GAP_ATTR)
         if _finite(gap):  # read by CoverageConstraint when the trial is told
-            self._ot_trials[trial_id].set_user_attr(COVERAGE_GAP_ATTR, float(gap))
-        try:
-            self._study().tell(self._ot_trials[trial_id], value, state=ot_state)
-        except Exception as exc:
-            logger.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
+            study_write(f"the coverage gap of trial {trial_id}",
+                        lambda: ot_trial.set_user_attr(COVERAGE_GAP_ATTR, float(gap)))
+
+        def tell() -> None:
+            self._study().tell(ot_trial, value, state=_OPTUNA_STATE[state])
+
+        study_write(f"the outcome of trial {trial_id} ({state})", tell)
         self._completed_trials.add(trial_id)
 
     def _record_retry(self, trial_id: str, frozen, result: dict | None) -> None:
         """Add the outcome of a retried trial as a new study trial (a FAIL is final in
         Optuna), with the same parameters and a ``retry_of`` link to the failed one."""
-        import optuna
-        from optuna.trial import TrialState
-
         state, value = trial_outcome(
             metric=self.metric, mode=self.mode, result=result, error=False,
             stopped_early=trial_id in self._stopped_early, intermediate_values={})
@@ -304,10 +402,8 @@ class SeltuneOptunaSearch(OptunaSearch):
             user_attrs={"ray_trial_id": trial_id, "retry_of": frozen.number},
             intermediate_values=inter,
         )
-        try:
-            self._study().add_trial(trial)
-        except Exception as exc:
-            logger.warning("could not record the retry of trial %s: %s", trial_id, exc)
+        study_write(f"the retry of trial {trial_id} ({state})",
+                    lambda: self._study().add_trial(trial))
 
     # -- restore -----------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
@@ -326,26 +422,33 @@ class SeltuneOptunaSearch(OptunaSearch):
 
         Returns the Optuna trial numbers told FAIL.
         """
-        from optuna.trial import TrialState
-
         known = {t._trial_id for t in self._ot_trials.values()}
         failed = []
         study = self._study()
         for frozen in study.get_trials(deepcopy=False):
             if frozen.state != TrialState.RUNNING or frozen._trial_id in known:
                 continue
-            study._storage.set_trial_user_attr(
-                frozen._trial_id, "orphaned", "asked before a driver crash; never run")
-            study.tell(frozen.number, state=TrialState.FAIL)
+            _fail_orphan(study, frozen, "asked before a driver crash; never run")
             failed.append(frozen.number)
+        self._retrying = set()
         for trial_id in list(self._ot_trials):
             state = self._frozen(trial_id).state
             if state == TrialState.FAIL:
                 # errored trials come back with resume_errored: hear their outcome again
                 self._completed_trials.discard(trial_id)
+                self._retrying.add(trial_id)
             elif state.is_finished():
                 self._completed_trials.add(trial_id)
         return failed
+
+
+def _fail_orphan(study: optuna.study.Study, frozen: optuna.trial.FrozenTrial,
+                 why: str) -> None:
+    """Tell FAIL a RUNNING study trial no Tune trial will finish, marked ``orphaned``."""
+    study_write(f"the orphaned mark of study trial {frozen.number}",
+                lambda: study._storage.set_trial_user_attr(frozen._trial_id, "orphaned", why))
+    study_write(f"the FAIL of orphaned study trial {frozen.number}",
+                lambda: study.tell(frozen.number, state=TrialState.FAIL))
 
 
 def fail_unfinished_trials(study_storage: str, study_name: str,
@@ -359,11 +462,6 @@ def fail_unfinished_trials(study_storage: str, study_name: str,
     in a study named after the experiment. Returns the failed trial
     numbers and how many trials the study has (0 when the study does not exist yet).
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from tuning.sweep.study import open_study_storage
-
     storage = open_study_storage(study_storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -379,15 +477,10 @@ def fail_unfinished_trials(study_storage: str, study_name: str,
             "seltune_experiment" not in attrs and study_name == experiment)
         if not ours:
             continue
-        storage.set_trial_user_attr(frozen._trial_id, "orphaned",
-                                    "running when its driver died; restarted without "
-                                    "Ray's snapshot")
-        study.tell(frozen.number, state=TrialState.FAIL)
+        _fail_orphan(study, frozen, "running when its driver died; restarted without "
+                     "Ray's snapshot")
         failed.append(frozen.number)
     return failed, len(trials)
-
-
-SAMPLERS = ("tpe", "random")
 
 
 #: The study trial's user attribute with the realised distance of its coverage from the
@@ -411,8 +504,7 @@ class CoverageConstraint:
         return [float(gap) - self.max_gap]
 
 
-def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe",
-                 max_coverage_gap: float | None = None):
+def make_sampler(seed: int, kind: str = "tpe", max_coverage_gap: float | None = None):
     """TPE with a seed (or ``random``, the baseline of the search-quality benchmark).
 
     TPE is multivariate with ``group=True`` for the conditional spaces, and
@@ -420,10 +512,6 @@ def make_sampler(seed: int, multi_objective: bool, kind: str = "tpe",
     With ``max_coverage_gap``, trials off the operating point are infeasible
     (:class:`CoverageConstraint`).
     """
-    import warnings
-
-    import optuna
-
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     constraints = None if max_coverage_gap is None else CoverageConstraint(max_coverage_gap)
@@ -442,10 +530,6 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
                    points_to_evaluate: list[dict[str, Any]] | None = None,
                    max_coverage_gap: float | None = None) -> SeltuneOptunaSearch:
     """A :class:`SeltuneOptunaSearch` whose study lives in ``study_storage`` (any SQLAlchemy URL)."""
-    import optuna
-
-    from tuning.sweep.study import open_study_storage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_study_storage(study_storage)
     multi = len(metrics) > 1
@@ -453,7 +537,7 @@ def build_searcher(space_dict: dict[str, Any], metrics: list[str], modes: list[s
         space=SpaceFunction(space_dict),
         metric=list(metrics) if multi else metrics[0],
         mode=list(modes) if multi else modes[0],
-        sampler=make_sampler(seed, multi, sampler, max_coverage_gap),
+        sampler=make_sampler(seed, sampler, max_coverage_gap),
         study_name=study_name,
         storage=storage,
         experiment=experiment,
@@ -473,11 +557,6 @@ def add_history(study, source: dict[str, Any], space_dict: dict[str, Any]) -> in
     carries ``warm_start_from`` and is not counted as one of this sweep's trials.
     Returns how many were copied.
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from search_spaces import SearchSpace
-
     space = SearchSpace.from_dict(space_dict)
     params = {p.name: p for p in space.params}
     if study.user_attrs.get("warm_started_from") == source["experiment"]:

@@ -119,11 +119,10 @@ def atomic_dir(out: str | Path, overwrite: bool = False,
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Path]:
+def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; it replaces ``path`` when the block succeeds.
 
-    The caller writes the temporary path (by any library); ``mode`` is unused and kept
-    only for readability at call sites.
+    The caller writes the temporary path (by any library).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,39 @@
-"""ASHA as the sweep runs it: :class:`PersistentASHA` keeps its rungs and the trials it
-stopped in ``seltune/asha_state.json`` and tells the searcher which trials it stopped.
+"""The early stopper: ASHA as the sweep runs it (:class:`PersistentASHA`), or FIFO.
+
+Where Ray's ``AsyncHyperBandScheduler`` is not what a sweep needs:
+
+1. **The searcher hears of early stops.** When ASHA stops a trial before ``max_t``,
+   :class:`PersistentASHA` tells the searcher
+   (:meth:`tuning.sweep.searcher.SeltuneOptunaSearch.mark_stopped_early`), which tells
+   the study PRUNED instead of COMPLETE with a low-rung value.
+
+2. **ASHA's rungs survive a restart.** ``Tuner.restore`` rebuilds the scheduler from
+   ``tuner.pkl`` (the state at the start of the sweep), so rungs would start empty and
+   trials already stopped could run on to ``max_t``. :class:`PersistentASHA` writes
+   its rungs and the set of stopped trials to ``seltune/asha_state.json`` on every
+   decision and reloads them on first use after a restore; a stopped trial that Ray
+   brings back (its last saved state said RUNNING) is stopped again before it runs,
+   and so is one the trial ledger says finished after Ray's last snapshot.
+
+Multi-objective sweeps (``--metric augrc,worst_group_error``) use no early stopping
+(:func:`build_scheduler` returns a FIFO scheduler): ASHA ranks trials on one number, so
+it would cut trials that are good on the other objectives and bias the Pareto front.
+Every trial runs its full schedule.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from tuning.experiment.layout import LEDGER_FILE, running_experiment, seltune_dir, write_json
+from tuning.experiment.mirror import publish
+from tuning.experiment.records import TrialState, load_ledger
 from tuning.sweep.searcher import TRAINING_ITERATION
 
 
@@ -33,19 +54,16 @@ def _notify_stopped(tune_controller, trial_id: str, result: dict | None) -> None
             searcher.mark_stopped_early(trial_id, result)
 
 
-def ledger_finished(seltune_dir: Path) -> set[str]:
+def ledger_finished(state_dir: Path) -> set[str]:
     """Trial ids the sweep's ledger (``seltune/trials.json``) records as finished.
 
     The ledger is written when a trial ends; Ray's snapshot every few seconds. A trial
     that finished in between comes back from ``Tuner.restore`` as unfinished, and the
     scheduler stops it before it runs again (the ledger is the source of truth).
     """
-    from tuning.experiment.layout import LEDGER_FILE
-    from tuning.experiment.records import TrialState, load_ledger
-
-    if not (seltune_dir / LEDGER_FILE).is_file():
+    if not (state_dir / LEDGER_FILE).is_file():  # state_dir: the experiment's seltune/
         return set()
-    trials = load_ledger(seltune_dir.parent).trials
+    trials = load_ledger(state_dir.parent).trials
     return {tid for tid, e in trials.items() if e.status == TrialState.TERMINATED}
 
 
@@ -105,14 +123,8 @@ class PersistentASHA(AsyncHyperBandScheduler):
         self._finished = ledger_finished(path.parent)
 
     def _save(self) -> None:
-        from tuning.experiment.mirror import publish
-
         path = Path(self._state_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".asha-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.state_dict(), f)
-        os.replace(tmp, path)
+        write_json(path, self.state_dict(), indent=None)  # compact: written every decision
         # An experiment in object storage: upload it now, a resume reads it from there.
         publish(path)
 
@@ -122,8 +134,6 @@ class PersistentASHA(AsyncHyperBandScheduler):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from tuning.experiment.layout import running_experiment, seltune_dir
-
         self.__dict__.update(state)
         # Unpickled by Tuner.restore: use the state file of the experiment this driver
         # runs (the pickled path may be another machine's mirror of it).

@@ -10,6 +10,9 @@ before, and only an OS crash or power cut can lose the last few; the file is nev
 corrupted. WAL needs shared memory between the processes using the file, so a file on
 a network filesystem (NFS, SMB, FUSE, ...) keeps SQLite's defaults; a study shared
 between machines belongs in PostgreSQL (``--study-storage postgresql://...``).
+
+Its users all open a study (the searcher, the driver, ``seltune resume``), so Optuna
+and SQLAlchemy are imported with the module.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import optuna
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from core.errors import InputError
+
 #: Filesystems on which SQLite's WAL mode is safe (one kernel, shared memory works).
 LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs",
                                "overlay", "f2fs", "jfs", "reiserfs", "bcachefs"})
@@ -25,8 +34,6 @@ LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", 
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///...`` URL; None for other URLs or ``:memory:``."""
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
@@ -86,9 +93,6 @@ def open_study_storage(url: str):
         The storage; its SQLite connections use WAL and ``synchronous=NORMAL`` when
         :func:`wal_is_safe` holds for the file.
     """
-    import optuna
-    from sqlalchemy import event
-
     storage = optuna.storages.RDBStorage(url)
     db_file = sqlite_path(url)
     if db_file is not None and wal_is_safe(db_file):
@@ -114,10 +118,6 @@ def claim_study(url: str, study_name: str, experiment_dir: Path, *, own_db: bool
     Raises:
         InputError: ``experiment_dir`` is a copy of an experiment that still uses the study.
     """
-    import optuna
-
-    from core.errors import InputError
-
     storage = open_study_storage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)

@@ -16,12 +16,19 @@ import sys
 from typing import Any, TypeVar
 
 from core.device import DEVICE_CHOICES
+from tuning.experiment.layout import experiment_local_dir, find_experiment
+from tuning.experiment.records import FINISHED, TrialState
+from tuning.experiment.spec import load_spec
+from tuning.results.export import export
+from tuning.results.status import experiment_status, print_status
 from tuning.sweep.options import (
     ResumeOptions,
     SweepOptions,
     cli_fields,
     field_type,
 )
+from tuning.sweep.resume import resume
+from tuning.terminal import print_json, print_train_result, stdout_to_stderr
 
 OptionsT = TypeVar("OptionsT")
 
@@ -115,9 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from tuning.results.status import print_status
+    # The driver imports Ray (its callbacks subclass Tune's): imported only when a sweep
+    # runs, so that `seltune --help` and the other commands start without Ray.
     from tuning.sweep.driver import run_sweep
-    from tuning.terminal import print_json, stdout_to_stderr
 
     opts = options_from_args(SweepOptions, args)
     if opts.is_default():
@@ -137,10 +144,6 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 def _exit_code(status: dict) -> int:
     """0 when the sweep ran to its end; 1 (with a hint) when it stopped early or every
     trial failed."""
-    from tuning.experiment.layout import experiment_local_dir
-    from tuning.experiment.records import FINISHED, TrialState
-    from tuning.experiment.spec import load_spec
-
     spec = load_spec(experiment_local_dir(status["path"]))
     finished = sum(n for s, n in status["counts"].items() if s in FINISHED)
     errors = status["counts"].get(TrialState.ERROR, 0)
@@ -155,10 +158,6 @@ def _exit_code(status: dict) -> int:
 
 
 def run_resume_cmd(args: argparse.Namespace) -> int:
-    from tuning.results.status import print_status
-    from tuning.sweep.resume import resume
-    from tuning.terminal import print_json, stdout_to_stderr
-
     opts = options_from_args(ResumeOptions, args)
     with stdout_to_stderr(args.json):
         status = resume(args.experiment, **dataclasses.asdict(opts))
@@ -170,9 +169,6 @@ def run_resume_cmd(args: argparse.Namespace) -> int:
 
 
 def run_export_cmd(args: argparse.Namespace) -> int:
-    from tuning.results.export import export
-    from tuning.terminal import print_json, print_train_result, stdout_to_stderr
-
     with stdout_to_stderr(args.json):
         result = export(args.experiment, args.out, metric=args.metric, mode=args.mode,
                         storage=args.storage, device=args.device, overwrite=args.overwrite,
@@ -186,10 +182,6 @@ def run_export_cmd(args: argparse.Namespace) -> int:
 
 
 def run_status_cmd(args: argparse.Namespace) -> int:
-    from tuning.experiment.layout import find_experiment
-    from tuning.results.status import experiment_status, print_status
-    from tuning.terminal import print_json
-
     status = experiment_status(find_experiment(args.experiment, args.storage))
     if args.json:
         print_json(status)

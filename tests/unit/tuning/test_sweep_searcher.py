@@ -96,7 +96,7 @@ def test_stopped_trial_is_pruned_with_intermediate_values(url):
 
 
 def test_stock_optuna_search_records_low_rung_value_as_complete(url):
-    """The Ray behaviour that SeltuneOptunaSearch fixes (DESIGN.md)."""
+    """The Ray behaviour that SeltuneOptunaSearch fixes (tuning.sweep.searcher, point 1)."""
     import optuna as ot
 
     stock = OptunaSearch(space={"lr": ot.distributions.FloatDistribution(1e-4, 1e-2, log=True),

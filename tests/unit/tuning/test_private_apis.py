@@ -114,9 +114,9 @@ def _optuna_search_signature():
 # --------------------------------------------------------------------------- Optuna
 @relies_on("optuna.study.Study._storage (its BaseStorage, with get_trial and "
            "set_trial_user_attr)",
-           "tuning.sweep.searcher: SeltuneOptunaSearch._frozen (a trial's state and "
-           "intermediate values without reading every trial) and _fail_orphan (marks "
-           "a study trial orphaned by its id)")
+           "tuning.sweep.searcher.SeltuneOptunaSearch._frozen (a trial's state and "
+           "intermediate values without reading every trial) and "
+           "tuning.sweep.study.fail_orphan (marks a study trial orphaned by its id)")
 def _study_storage():
     study, _ = _study_with_trial()
     storage = study._storage
@@ -134,8 +134,9 @@ def _trial_trial_id():
 
 
 @relies_on("optuna.trial.FrozenTrial._trial_id (the storage id of a stored trial)",
-           "tuning.sweep.searcher.reconcile_with_study, _fail_orphan, "
-           "fail_unfinished_trials (orphaned RUNNING trials told FAIL)")
+           "tuning.sweep.searcher.SeltuneOptunaSearch.reconcile_with_study, "
+           "tuning.sweep.study.fail_orphan/fail_unfinished_trials (orphaned RUNNING "
+           "trials told FAIL)")
 def _frozen_trial_id():
     study, trial = _study_with_trial()
     (frozen,) = study.get_trials(deepcopy=False)
@@ -144,7 +145,7 @@ def _frozen_trial_id():
 
 @relies_on("optuna.exceptions.StorageInternalError raised from the SQLAlchemy error, "
            "in RDBStorage's session",
-           "tuning.sweep.searcher.is_transient (a locked SQLite database is retried, "
+           "tuning.sweep.study.is_transient (a locked SQLite database is retried, "
            "found through __cause__)")
 def _storage_internal_error_chained():
     from optuna.storages._rdb import storage as rdb

@@ -18,17 +18,9 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.search_generator import SearchGenerator
 from sqlalchemy import exc as sqlalchemy_exc
 
-import tuning.sweep.searcher as searcher_mod
-from tuning.sweep.searcher import (
-    STUDY_WRITE_ATTEMPTS,
-    SeltuneOptunaSearch,
-    SpaceFunction,
-    StudyWriteError,
-    build_searcher,
-    is_transient,
-    make_sampler,
-    study_write,
-)
+import tuning.sweep.study as study_mod
+from tuning.sweep.searcher import SeltuneOptunaSearch, SpaceFunction, build_searcher, make_sampler
+from tuning.sweep.study import STUDY_WRITE_ATTEMPTS, StudyWriteError, is_transient, study_write
 
 SPACE = {"trainable": "argse-pretrain",
          "params": [{"name": "lr", "type": "float", "low": 1e-4, "high": 1e-2, "log": True}],
@@ -44,7 +36,7 @@ def res(step: int, value: float) -> dict:
 def sleeps(monkeypatch):
     """Retries do not wait in tests; the pauses asked for are recorded."""
     slept: list[float] = []
-    monkeypatch.setattr(searcher_mod.time, "sleep", slept.append)
+    monkeypatch.setattr(study_mod.time, "sleep", slept.append)
     return slept
 
 
@@ -108,7 +100,7 @@ def test_study_write_retries_a_transient_error_then_succeeds(sleeps, caplog):
             raise locked()
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger=searcher_mod.__name__):
+    with caplog.at_level(logging.WARNING, logger=study_mod.__name__):
         assert study_write("x", write) == "ok"
     assert len(calls) == 3 and sleeps == [0.25, 0.5]
     assert sum("retrying" in r.getMessage() for r in caplog.records) == 2

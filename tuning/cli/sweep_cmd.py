@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from core.device import DEVICE_CHOICES
+from tuning.trainables import TRAINABLES
 
 EPILOG_SWEEP = """\
 Experiments go to STORAGE/NAME (STORAGE: --storage, $SELTUNE_STORAGE or
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "argse-selective space on the default synthetic bundle, a few minutes on 2 CPUs.",
         epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainable", default="argse-selective",
-                   choices=["argse-selective", "argse-pretrain", "stage1"])
+                   choices=list(TRAINABLES))
     p.add_argument("--data", help="bundle directory (default: the synthetic default "
                    "bundle of the trainable's kind, built on first use)")
     p.add_argument("--space", help="preset name or a .json/.yaml space file "

@@ -145,7 +145,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         raise InputError("unknown config key", file="--set", field=unknown[0],
                          expected=f"one of {', '.join(sorted(known))}")
     if opts.compat is not None:
-        if opts.compat not in COMPAT_FIXED or info.bundle_kind != "argse":
+        if opts.compat not in COMPAT_FIXED or opts.compat not in info.compat_formats:
             raise InputError(field="--compat", value=opts.compat,
                              expected="argse-repo (with an argse-* trainable)")
         for key, value in COMPAT_FIXED[opts.compat].items():

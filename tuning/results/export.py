@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from tuning.experiment.records import load_ledger
 from tuning.experiment.spec import SweepSpec, load_spec
 from tuning.results.baselines import verdicts
 from tuning.results.status import best_iteration, experiment_status, max_gap_of
+from tuning.trainables import get_trainable, load_checked_bundle
 
 
 def _finite(x: Any) -> bool:
@@ -117,98 +116,13 @@ def _last_checkpoint_iteration(entry: dict[str, Any]) -> int:
 def full_config(spec: SweepSpec, trial_config: dict[str, Any]) -> dict[str, Any]:
     """Fixed + sampled values, built into the trainable's config (defaults filled in)."""
     from core.config import config_to_dict
-    from tuning.trainables import TRAINABLES
 
-    info = TRAINABLES[spec.trainable]
+    info = get_trainable(spec.trainable)
     return config_to_dict(info.build_config({**spec.fixed, **trial_config},
                                             source="best trial config"))
 
 
-def materialise_checkpoint(spec: SweepSpec, bundle: Any, src: Path, config: dict[str, Any],
-                           dest: Path, device: str) -> Path:
-    """Write the trainable's own checkpoint format for trial checkpoint ``src`` into ``dest``."""
-    if spec.trainable == "stage1":
-        from core.config import config_from_dict
-        from core.stage1 import Stage1Config, train_stage1
-
-        cfg = config_from_dict(Stage1Config, config, source="best trial config")
-        # Resuming from the trial's last checkpoint trains nothing more when the trial
-        # ran to its end; it selects the best epoch and fits the calibrators, exactly
-        # as the end of an uninterrupted `train_stage1` does.
-        result = train_stage1(cfg, bundle, None, resume_from=src, device=device)
-        result.save(dest)
-        return dest
-    shutil.copytree(src, dest)
-    return dest
-
-
-_FITTED: dict[int, Any] = {}
-
-
-def fitted_baselines(bundle):
-    """``core.argse.baselines.fit_baselines(bundle)``, once per bundle object per process
-    (the plug-in fits are the slow part of an export)."""
-    from core.argse.baselines import fit_baselines
-
-    key = id(bundle)
-    if key not in _FITTED:
-        _FITTED.clear()
-        _FITTED[key] = fit_baselines(bundle)
-    return _FITTED[key]
-
-
-def checkpoint_metrics(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
-                       config: dict[str, Any]) -> dict[str, Any]:
-    """The ``train --json`` shape, recomputed from the checkpoint at ``ckpt``."""
-    splits = [s for s in ("val", "test") if s in bundle.splits or spec.trainable == "stage1"]
-    if spec.trainable == "stage1":
-        from core.stage1 import evaluate_checkpoint
-
-        out: dict[str, Any] = {"baselines": {}}
-        for split in ("val", "test"):
-            if split == "test" and "test" not in bundle.splits:
-                continue
-            r = evaluate_checkpoint(ckpt, bundle, split, device)
-            out[split] = r["metrics"]
-            out["baselines"][split] = r["baselines"]
-    else:
-        from core.argse import load_predictor, model_metrics
-        from core.argse.baselines import baseline_metrics
-
-        predictor = load_predictor(ckpt, device)
-        coverage = spec.coverage if spec.coverage is not None else predictor.eval_coverage
-        out = {s: model_metrics(predictor, bundle, s, coverage) for s in splits}
-        fitted = fitted_baselines(bundle)
-        # at the operating point (older experiments: the model's realised coverage)
-        out["baselines"] = {s: baseline_metrics(
-            bundle, s, coverage if coverage is not None else out[s]["coverage"], fitted)
-            for s in splits}
-    out["config"] = config
-    return out
-
-
 EXPORT_FORMATS = ("both", "seltune", "argse-repo")
-
-
-def _portable_and_compat(spec: SweepSpec, bundle: Any, ckpt: Path, tmp: Path,
-                         result: dict[str, Any], fmt: str) -> None:
-    """``predictor.pt`` and, for AR-GSE with ``fmt`` both/argse-repo, the compat report."""
-    from tuning.trainables import TRAINABLES
-
-    if spec.trainable == "stage1":
-        from core.stage1.portable import write_portable_predictor
-
-        write_portable_predictor(ckpt, tmp / "predictor.pt")
-        return
-    from core.argse.compat import argse_repo_report, report_line
-    from core.argse.portable import write_portable_predictor as write_argse_predictor
-
-    ckpt_file = ckpt / TRAINABLES[spec.trainable].checkpoint_file
-    write_argse_predictor(ckpt_file, tmp / "predictor.pt")
-    if fmt in ("both", "argse-repo"):
-        report = argse_repo_report(ckpt_file, bundle, splits=("val", "test"))
-        result.setdefault("compat", {})["argse_repo"] = report
-        print(f"[seltune] {report_line(report)}", file=sys.stderr, flush=True)
 
 
 def export(experiment: str, out: str, *, metric: str | None = None, mode: str | None = None,
@@ -219,9 +133,7 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         raise InputError(field="--format", value=fmt, expected="one of " + ", ".join(EXPORT_FORMATS))
     from core.atomic import atomic_dir, check_output_path
     from tuning.experiment.spec import parse_metrics
-    from tuning.sweep.prepare import load_checked_bundle
     from tuning.terminal import progress, to_jsonable
-    from tuning.trainables import TRAINABLES
 
     path = find_experiment(experiment, storage)
     spec = load_spec(path)
@@ -236,9 +148,9 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode,
                                                     max_gap_of(spec))
     entry = ledger["trials"][trial_id]
-    if spec.trainable == "stage1":
+    info = get_trainable(spec.trainable)
+    if info.exports_last_checkpoint:
         iteration = _last_checkpoint_iteration(entry)
-    info = TRAINABLES[spec.trainable]
     bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
     config = full_config(spec, entry.get("config", {}))
 
@@ -248,14 +160,12 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         # on stderr, with elapsed/remaining time: the baselines and the report take a while
         task = bar.add_task(f"export {trial_id}", total=4, status="checkpoint")
         src = _trial_checkpoint(spec, entry, iteration, Path(scratch))
-        ckpt = materialise_checkpoint(spec, bundle, src, config, tmp / "checkpoint", device)
+        ckpt = info.materialise(src, config, bundle, tmp / "checkpoint", device)
         bar.update(task, advance=1, status="metrics beside the baselines on val and test")
-        result = checkpoint_metrics(spec, bundle, ckpt, device, config)
+        result = info.model_beside_baselines(ckpt, bundle, spec.coverage, device)
+        result["config"] = config
         bar.update(task, advance=1, status="predictor.pt and the compat report")
-        final_ckpt = out_path.resolve() / "checkpoint"
-        if spec.trainable != "stage1":
-            final_ckpt = final_ckpt / info.checkpoint_file
-        result["checkpoint"] = str(final_ckpt)
+        result["checkpoint"] = str(info.checkpoint_path(out_path.resolve() / "checkpoint"))
         result["trial_id"] = trial_id
         result["iteration"] = iteration
         result["selection"] = {"metric": sel_metric, "mode": sel_mode,
@@ -266,7 +176,10 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         result["verdict"] = verdicts({s: result[s] for s in ("val", "test") if s in result},
                                      result.get("baselines", {}), sel_metric, sel_mode,
                                      spec.coverage)
-        _portable_and_compat(spec, bundle, ckpt, tmp, result, fmt)
+        info.write_predictor(ckpt, tmp / "predictor.pt")
+        compat = info.compat_reports(ckpt, bundle, fmt)
+        if compat:
+            result.setdefault("compat", {}).update(compat)
         bar.update(task, advance=1, status="report")
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
@@ -295,8 +208,8 @@ def _export_pareto(spec, status, ledger, scratch: Path, bundle, tmp: Path,
         config = full_config(spec, entry.get("config", {}))
         dest = tmp / "pareto" / tid
         dest.parent.mkdir(parents=True, exist_ok=True)
-        materialise_checkpoint(spec, bundle, _trial_checkpoint(spec, entry, it, scratch),
-                               config, dest, device)
+        get_trainable(spec.trainable).materialise(_trial_checkpoint(spec, entry, it, scratch),
+                                                  config, bundle, dest, device)
         front.append({"trial_id": tid, "iteration": it, "config": config,
                       "values": {m: by_id[tid]["metrics"].get(m) for m in spec.metrics},
                       "checkpoint": f"pareto/{tid}"})

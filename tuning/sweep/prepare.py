@@ -17,7 +17,7 @@ training-free baselines are fit once at that point before the first trial
 whose realised coverage misses the point by more than ``--max-coverage-gap`` are
 infeasible: Optuna is told through TPE's ``constraints_func`` and export never picks
 them. Warm start: the first trials are the trainable's defaults and the configuration
-that reproduces the strongest baseline (``TrainableInfo.baseline_point``), plus
+that reproduces the strongest baseline (``Adapter.baseline_point``), plus
 ``--enqueue FILE``; ``--warm-start EXPERIMENT`` copies a finished study's trials into
 the new study as history.
 """
@@ -248,7 +248,7 @@ def warm_start_points(info, space, base_cfg, enqueue: str | None) -> list[dict[s
 
     1. the trainable's defaults (the seed's configuration, for every searched key whose
        default lies in the space), 2. the configuration that reproduces the strongest
-       baseline (``TrainableInfo.baseline_point``; its keys need not be searched — they
+       baseline (``Adapter.baseline_point``; its keys need not be searched — they
        are fixed for that one trial, see :func:`tuning.sweep.searcher.enqueue_points`), unless
        the sweep fixes one of them otherwise (``--set``, ``--compat``) or puts a
        searched one out of range, 3. the user's ``--enqueue`` configs.

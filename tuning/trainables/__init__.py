@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from tuning.results.baselines import strongest
 from tuning.trainables.argse_pretrain import ArgsePretrain
 from tuning.trainables.argse_selective import ArgseSelective
 from tuning.trainables.base import Adapter, Evaluation, RuleScores
@@ -28,10 +29,7 @@ from tuning.trainables.stage1 import Stage1
 TRAINABLES: dict[str, Adapter] = {
     a.name: a for a in (ArgseSelective(), ArgsePretrain(), Stage1())}
 
-#: The name the rest of ``tuning/`` used for an adapter before there were adapters.
-TrainableInfo = Adapter
-
-__all__ = ["TRAINABLES", "Adapter", "Evaluation", "RuleScores", "TrainableInfo",
+__all__ = ["TRAINABLES", "Adapter", "Evaluation", "RuleScores", "compute_baselines",
            "for_checkpoint", "get_trainable", "load_checked_bundle"]
 
 
@@ -69,3 +67,16 @@ def load_checked_bundle(data: str, kind: str, trainable: str) -> Any:
         raise InputError(f"bundle is of kind {getattr(bundle, 'kind', '?')!r}", file=path,
                          expected=f"a {kind} bundle for trainable {trainable}")
     return bundle
+
+
+def compute_baselines(trainable: str, bundle: Any, coverage: float, metric: str, mode: str,
+                      device: str = "cpu") -> dict[str, Any]:
+    """The ``baselines.json`` object of a sweep (:mod:`tuning.results.baselines`):
+    ``{"coverage", "split", "metric", "mode", "trainable", "values": {NAME: metrics},
+    "best": {"name", "value"}}``. Runs core code (torch): the driver calls it in a Ray
+    task."""
+    adapter = get_trainable(trainable)
+    values = adapter.baseline_values(bundle, coverage, device)
+    return {"coverage": float(coverage), "split": adapter.baseline_split, "metric": metric,
+            "mode": mode, "trainable": trainable, "values": values,
+            "best": strongest(values, metric, mode)}

@@ -3,6 +3,7 @@ one evaluation shape for every trainable, and no trainable branches outside them
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,44 @@ def test_one_list_of_trainable_names():
     assert list(trainable.choices) == list(TRAINABLES)
     assert list(FUNCTIONS) == list(TRAINABLES)
     assert all(fn.__name__ == name.replace("-", "_") for name, fn in FUNCTIONS.items())
+
+
+def _trainable_branches(source: str, label: str) -> list[str]:
+    """``x == "stage1"``-like comparisons (and ``in`` tests) against a trainable name or
+    a bundle kind in the module text ``source``, as ``label:line``."""
+    names = set(TRAINABLES) | {a.bundle_kind for a in TRAINABLES.values()}
+    tree = ast.parse(source, filename=label)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        for operand in [node.left, *node.comparators]:
+            values = ([operand] if isinstance(operand, ast.Constant) else
+                      list(operand.elts) if isinstance(operand, (ast.Tuple, ast.List, ast.Set))
+                      else [])
+            if any(isinstance(v, ast.Constant) and v.value in names for v in values):
+                found.append(f"{label}:{node.lineno}")
+    return found
+
+
+def test_no_trainable_branches_outside_the_adapters():
+    """Only tuning/trainables/ knows a trainable by name; cli/data_cmd.py's bundle
+    *import formats* are named ``argse``/``stage1`` too and may branch on them."""
+    allowed = {ROOT / "tuning" / "cli" / "data_cmd.py"}
+    found = []
+    for path in sorted((ROOT / "tuning").rglob("*.py")):
+        if (ROOT / "tuning" / "trainables") in path.parents or path in allowed:
+            continue
+        found += _trainable_branches(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, f"branches on a trainable name outside tuning/trainables: {found}"
+
+
+def test_the_branch_finder_finds_branches():
+    source = ('if spec.trainable == "stage1" or kind in ("argse", "y"):\n    pass\n'
+              'if "argse-pretrain" != name:\n    pass\n'
+              'if name == "stage12":\n    pass\n')
+    assert sorted(_trainable_branches(source, "probe.py")) == ["probe.py:1", "probe.py:1",
+                                                               "probe.py:3"]
 
 
 def test_importing_the_adapters_loads_no_torch_or_ray():

@@ -29,11 +29,12 @@ from tuning.sweep.options import (
 )
 from tuning.sweep.resume import resume
 from tuning.terminal import print_json, print_train_result, stdout_to_stderr
+from tuning.trainables import TRAINABLES
 
 OptionsT = TypeVar("OptionsT")
 
 #: Choices the options dataclasses leave to the CLI (not known to the sweep package).
-TRAINABLE_CHOICES = ("argse-selective", "argse-pretrain", "stage1")
+TRAINABLE_CHOICES = tuple(TRAINABLES)
 CHOICES: dict[str, tuple[str, ...]] = {"trainable": TRAINABLE_CHOICES,
                                        "device": DEVICE_CHOICES}
 

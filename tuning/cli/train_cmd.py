@@ -1,23 +1,22 @@
-"""``seltune train argse-pretrain|argse-selective|stage1``: one training, no Ray.
+"""``seltune train TRAINABLE``: one training, no Ray, one subcommand per trainable.
 
-Argument parsing is shared here; the work is done by ``tuning.cli.train_argse`` and
-``tuning.cli.train_stage1`` (each exposing ``run_train(args) -> int``).
+Runs in-process with a progress bar on stderr, writes ``--out`` atomically in the
+trainable's own format and ends with the table of ``val`` and ``test`` metrics beside
+every baseline at the config's operating point (``--json``: the trainable's
+``train --json`` object, see ``Adapter.save_run``: AR-GSE ``{"val", "test",
+"baselines": {"val", "test"}, "verdict", "config", "checkpoint"}``, Stage-1 the same
+plus its calibration). AR-GSE metrics are recomputed from the written checkpoint by
+the function ``seltune evaluate`` uses, so both commands print the same numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import tempfile
+from typing import Any
 
 from core.device import DEVICE_CHOICES
-
-TRAINERS = {
-    "argse-pretrain": ("tuning.cli.train_argse", "AR-GSE gating, pretrain mode (mixture CE)"),
-    "argse-selective": ("tuning.cli.train_argse",
-                        "AR-GSE gating, selective mode (Stage A + B1/B2/B3 cycles)"),
-    "stage1": ("tuning.cli.train_stage1",
-               "Stage-1 exit-gate head on cached features, with post-hoc calibration"),
-}
+from tuning.trainables import TRAINABLES, get_trainable
 
 
 def add_common_train_args(p: argparse.ArgumentParser) -> None:
@@ -34,14 +33,39 @@ def add_common_train_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="run one training without Ray")
     tsub = train.add_subparsers(dest="trainable", metavar="TRAINABLE", required=True)
-    for name, (module, help_text) in TRAINERS.items():
-        p = tsub.add_parser(name, help=help_text, description=help_text)
+    for name, adapter in TRAINABLES.items():
+        p = tsub.add_parser(name, help=adapter.description, description=adapter.description)
         add_common_train_args(p)
-        p.set_defaults(func=_dispatch(module))
+        p.set_defaults(func=run_train)
 
 
-def _dispatch(module: str):
-    def run(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(module).run_train(args))
+def run_train(args: argparse.Namespace) -> int:
+    from core.atomic import check_output_path
+    from core.config import build_config
+    from core.device import resolve_device
+    from tuning.terminal import console, print_train_result, progress
 
-    return run
+    adapter = get_trainable(args.trainable)
+    config: Any = build_config(adapter.config_class, args.config, args.overrides)
+    out = check_output_path(args.out, args.overwrite)
+    device = str(resolve_device(args.device))
+    bundle = adapter.load_bundle(args.data)
+    with tempfile.TemporaryDirectory(prefix=f"seltune-{adapter.name}-") as work:
+        with progress() as bar:
+            task = bar.add_task(adapter.name, total=adapter.expected_iterations(config),
+                                status="")
+            done = [0]
+
+            def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+                done[0] += 1
+                bar.update(task, completed=done[0], status=adapter.progress_status(metrics))
+
+            result = adapter.train(config, bundle, report, device=device, workdir=work)
+            # a run that stops early (Stage-1's early stopping) ends a full bar
+            bar.update(task, total=done[0], completed=done[0])
+        summary = adapter.save_run(result, config, bundle, out, overwrite=args.overwrite,
+                                   device=device)
+    print_train_result(summary, args.json)
+    for line in adapter.run_notes(result):
+        console(stderr=True).print(line)
+    return 0

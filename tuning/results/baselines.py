@@ -47,30 +47,6 @@ def strongest(values: dict[str, dict[str, Any]], metric: str, mode: str
     return best
 
 
-def compute_baselines(trainable: str, bundle_kind: str, bundle: Any, coverage: float,
-                      metric: str, mode: str, device: str = "cpu") -> dict[str, Any]:
-    """The ``baselines.json`` object (module docstring); runs core code (torch)."""
-    if bundle_kind == "argse":
-        from core.argse.baselines import baseline_metrics, fit_baselines
-
-        split = "val"
-        values = baseline_metrics(bundle, split, coverage, fit_baselines(bundle))
-    else:
-        import tempfile
-
-        from core.stage1 import Stage1Config, evaluate_checkpoint, train_stage1
-
-        split = "val_select"
-        with tempfile.TemporaryDirectory(prefix="seltune-baselines-") as tmp:
-            result = train_stage1(Stage1Config(eval_coverage=coverage), bundle, None,
-                                  device=device, workdir=tmp)
-            result.save(f"{tmp}/head")
-            values = evaluate_checkpoint(f"{tmp}/head", bundle, split, device)["baselines"]
-    return {"coverage": float(coverage), "split": split, "metric": metric, "mode": mode,
-            "trainable": trainable, "values": values,
-            "best": strongest(values, metric, mode)}
-
-
 def gap(value: Any, baselines: dict[str, Any] | None,
         report: dict[str, Any] | None = None) -> float | None:
     """Signed gap of ``value`` to the strongest baseline (negative = better), or None.

@@ -44,8 +44,6 @@ export needs are downloaded, into a temporary directory removed afterwards.
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,17 +64,12 @@ from tuning.experiment.records import (
 )
 from tuning.experiment.spec import SweepSpec, load_spec, parse_metrics
 from tuning.results.baselines import verdicts
-from tuning.results.html_report import (
-    RuleScores,
-    argse_scores,
-    logged_to_stderr,
-    stage1_scores,
-    write_report,
-)
+from tuning.results.html_report import logged_to_stderr, write_report
 from tuning.results.selection import max_gap_of, select_best
 from tuning.results.status import sweep_status
 from tuning.terminal import progress, to_jsonable
-from tuning.trainables import TRAINABLES, load_checked_bundle
+from tuning.trainables import get_trainable, load_checked_bundle
+from tuning.trainables.base import RuleScores
 
 
 def _trial_checkpoint(spec: SweepSpec, entry: LedgerEntry, iteration: int,
@@ -103,96 +96,12 @@ def _trial_checkpoint(spec: SweepSpec, entry: LedgerEntry, iteration: int,
 
 def full_config(spec: SweepSpec, trial_config: dict[str, Any]) -> dict[str, Any]:
     """Fixed + sampled values, built into the trainable's config (defaults filled in)."""
-    info = TRAINABLES[spec.trainable]
+    info = get_trainable(spec.trainable)
     return config_to_dict(info.build_config({**spec.fixed, **trial_config},
                                             source="best trial config"))
 
 
-def materialise_checkpoint(spec: SweepSpec, bundle: Any, src: Path, config: dict[str, Any],
-                           dest: Path, device: str) -> Path:
-    """Write the trainable's own checkpoint format for trial checkpoint ``src`` into ``dest``."""
-    if spec.trainable == "stage1":
-        from core.config import config_from_dict
-        from core.stage1 import Stage1Config, train_stage1
-
-        cfg = config_from_dict(Stage1Config, config, source="best trial config")
-        # Resuming from the trial's last checkpoint trains nothing more when the trial
-        # ran to its end; it selects the best epoch and fits the calibrators, exactly
-        # as the end of an uninterrupted `train_stage1` does.
-        result = train_stage1(cfg, bundle, None, resume_from=src, device=device)
-        result.save(dest)
-        return dest
-    shutil.copytree(src, dest)
-    return dest
-
-
-_FITTED: dict[int, Any] = {}
-
-
-def fitted_baselines(bundle):
-    """``core.argse.baselines.fit_baselines(bundle)``, once per bundle object per process
-    (the plug-in fits are the slow part of an export)."""
-    from core.argse.baselines import fit_baselines
-
-    key = id(bundle)
-    if key not in _FITTED:
-        _FITTED.clear()
-        _FITTED[key] = fit_baselines(bundle)
-    return _FITTED[key]
-
-
-def checkpoint_metrics(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
-                       config: dict[str, Any]) -> dict[str, Any]:
-    """The ``train --json`` shape, recomputed from the checkpoint at ``ckpt``."""
-    splits = [s for s in ("val", "test") if s in bundle.splits or spec.trainable == "stage1"]
-    if spec.trainable == "stage1":
-        from core.stage1 import evaluate_checkpoint
-
-        out: dict[str, Any] = {"baselines": {}}
-        for split in ("val", "test"):
-            if split == "test" and "test" not in bundle.splits:
-                continue
-            r = evaluate_checkpoint(ckpt, bundle, split, device)
-            out[split] = r["metrics"]
-            out["baselines"][split] = r["baselines"]
-    else:
-        from core.argse import load_predictor, model_metrics
-        from core.argse.baselines import baseline_metrics
-
-        predictor = load_predictor(ckpt, device)
-        coverage = spec.coverage if spec.coverage is not None else predictor.eval_coverage
-        out = {s: model_metrics(predictor, bundle, s, coverage) for s in splits}
-        fitted = fitted_baselines(bundle)
-        # at the operating point (older experiments: the model's realised coverage)
-        out["baselines"] = {s: baseline_metrics(
-            bundle, s, coverage if coverage is not None else out[s]["coverage"], fitted)
-            for s in splits}
-    out["config"] = config
-    return out
-
-
 EXPORT_FORMATS = ("both", "seltune", "argse-repo")
-
-
-def _portable_and_compat(spec: SweepSpec, bundle: Any, ckpt: Path, tmp: Path,
-                         result: dict[str, Any], fmt: str) -> None:
-    """``predictor.pt`` and, for AR-GSE with ``fmt`` both/argse-repo, the compat report."""
-    from tuning.trainables import TRAINABLES
-
-    if spec.trainable == "stage1":
-        from core.stage1.portable import write_portable_predictor
-
-        write_portable_predictor(ckpt, tmp / "predictor.pt")
-        return
-    from core.argse.compat import argse_repo_report, report_line
-    from core.argse.portable import write_portable_predictor as write_argse_predictor
-
-    ckpt_file = ckpt / TRAINABLES[spec.trainable].checkpoint_file
-    write_argse_predictor(ckpt_file, tmp / "predictor.pt")
-    if fmt in ("both", "argse-repo"):
-        report = argse_repo_report(ckpt_file, bundle, splits=("val", "test"))
-        result.setdefault("compat", {})["argse_repo"] = report
-        print(f"[seltune] {report_line(report)}", file=sys.stderr, flush=True)
 
 
 def export(experiment: str, out: str, *, metric: str | None = None, mode: str | None = None,
@@ -214,9 +123,9 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
     trial_id, iteration, best_metrics = select_best(status, ledger, sel_metric, sel_mode,
                                                     max_gap_of(spec))
     entry = ledger.trials[trial_id]
-    if spec.trainable == "stage1":
+    info = get_trainable(spec.trainable)
+    if info.exports_last_checkpoint:
         iteration = entry.last_checkpoint_iteration()
-    info = TRAINABLES[spec.trainable]
     bundle = load_checked_bundle(spec.data, info.bundle_kind, info.name)
     config = full_config(spec, entry.config)
 
@@ -226,14 +135,13 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
         # on stderr, with elapsed/remaining time: the baselines and the report take a while
         task = bar.add_task(f"export {trial_id}", total=4, status="checkpoint")
         src = _trial_checkpoint(spec, entry, iteration, Path(scratch))
-        ckpt = materialise_checkpoint(spec, bundle, src, config, tmp / "checkpoint", device)
+        ckpt = info.materialise(src, config, bundle, tmp / "checkpoint", device)
         bar.update(task, advance=1, status="metrics beside the baselines on val and test")
-        result = ExportMetrics.from_dict(checkpoint_metrics(spec, bundle, ckpt, device, config))
+        result = ExportMetrics.from_dict(
+            {**info.model_beside_baselines(ckpt, bundle, spec.coverage, device),
+             "config": config})
         bar.update(task, advance=1, status="predictor.pt and the compat report")
-        final_ckpt = out_path.resolve() / "checkpoint"
-        if spec.trainable != "stage1":
-            final_ckpt = final_ckpt / info.checkpoint_file
-        result.checkpoint = str(final_ckpt)
+        result.checkpoint = str(info.checkpoint_path(out_path.resolve() / "checkpoint"))
         result.trial_id = trial_id
         result.iteration = iteration
         result.selection = Selection(sel_metric, sel_mode, best_metrics.get(sel_metric),
@@ -242,9 +150,8 @@ def export(experiment: str, out: str, *, metric: str | None = None, mode: str | 
                                   "max_coverage_gap": spec.max_coverage_gap}
         result.verdict = verdicts(result.splits(), result.baselines, sel_metric, sel_mode,
                                   spec.coverage)
-        extras: dict[str, Any] = {}  # the compat report, when one is made
-        _portable_and_compat(spec, bundle, ckpt, tmp, extras, fmt)
-        result.compat = extras.get("compat")
+        info.write_predictor(ckpt, tmp / "predictor.pt")
+        result.compat = info.compat_reports(ckpt, bundle, fmt) or None
         bar.update(task, advance=1, status="report")
         (tmp / "best_config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(
@@ -266,10 +173,10 @@ def _rule_scores(spec: SweepSpec, bundle: Any, ckpt: Path, device: str,
                  result: ExportMetrics) -> Callable[[str, float], RuleScores]:
     """What the report draws its curves from: the per-sample scores of the exported
     model and of every baseline on a split, at the operating point."""
-    if spec.trainable == "stage1":
-        return lambda split, coverage: stage1_scores(
-            bundle, ckpt, split, device, list(result.baselines.get(split) or {}))
-    return lambda split, coverage: argse_scores(bundle, ckpt, coverage, split, device)
+    info = get_trainable(spec.trainable)
+    return lambda split, coverage: info.rule_scores(
+        bundle, ckpt, split, coverage=coverage, device=device,
+        baselines=list(result.baselines.get(split) or {}))
 
 
 def _export_pareto(spec: SweepSpec, status: SweepStatus, ledger: Ledger, scratch: Path,
@@ -281,8 +188,8 @@ def _export_pareto(spec: SweepSpec, status: SweepStatus, ledger: Ledger, scratch
         config = full_config(spec, entry.config)
         dest = tmp / "pareto" / tid
         dest.parent.mkdir(parents=True, exist_ok=True)
-        materialise_checkpoint(spec, bundle, _trial_checkpoint(spec, entry, it, scratch),
-                               config, dest, device)
+        get_trainable(spec.trainable).materialise(_trial_checkpoint(spec, entry, it, scratch),
+                                                  config, bundle, dest, device)
         front.append({"trial_id": tid, "iteration": it, "config": config,
                       "values": {m: status.row(tid).metrics.get(m) for m in spec.metrics},
                       "checkpoint": f"pareto/{tid}"})

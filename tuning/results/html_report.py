@@ -47,7 +47,7 @@ import math
 import numbers
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,12 @@ from core.metrics import (
 from tuning.experiment.records import ExportMetrics, Ledger, SweepStatus, TrialState
 from tuning.experiment.spec import SweepSpec
 from tuning.results.selection import best_iteration, best_name, better, num, rank_key
+from tuning.trainables.base import MODEL, RuleScores
 
 REPORT_DIR = "report"
 #: Parameter importances are drawn from this many complete trials on: fANOVA's forest
 #: on fewer points ranks noise.
 MIN_COMPLETE_FOR_IMPORTANCES = 5
-MODEL = "tuned model"
 
 #: This module's logger; its records reach stderr during an export (:func:`logged_to_stderr`).
 log = logging.getLogger("seltune.report")
@@ -263,82 +263,6 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
             out[name] = {"color": colours[i % len(colours)], "lw": 1.3,
                          "ls": "-" if i < len(colours) else "--"}
             i += 1
-    return out
-
-
-# --------------------------------------------------------------------------- rule scores
-@dataclass
-class RuleScores:
-    """Per-sample confidences and predictions of the model and the baselines on one
-    split: ``rules[name] = (confidence [N] float64, prediction [N] int64)``."""
-
-    split: str
-    labels: np.ndarray
-    label_groups: np.ndarray
-    num_groups: int
-    rules: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def argse_scores(bundle, checkpoint: Path, coverage: float, split: str,
-                 device: str) -> RuleScores:
-    """The AR-GSE model (``load_predictor(...).decide``) and every baseline on ``split``."""
-    from core.argse import load_predictor
-    from core.argse.baselines import baseline_rules
-    from core.argse.data import class_to_group_tensor, split_tensors
-    from tuning.results.export import fitted_baselines
-
-    logits, labels = split_tensors(bundle, split)
-    c2g = class_to_group_tensor(bundle)
-    pred, _, _, conf = load_predictor(checkpoint, device).decide(logits)
-    lab = labels.numpy()
-    out = RuleScores(split, lab, c2g.numpy()[lab], int(bundle.num_groups))
-    out.rules[MODEL] = (conf.double().cpu().numpy(), pred.long().cpu().numpy())
-    fitted = fitted_baselines(bundle)
-    for name, (c, p) in baseline_rules(bundle, split, coverage, fitted).items():
-        out.rules[name] = (c.double().cpu().numpy(), p.long().cpu().numpy())
-    return out
-
-
-def _stage1_confidence(name: str, probs: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
-    """Exit score of a Stage-1 baseline from the calibrated probabilities / raw logits,
-    larger = more confident; None for a baseline the report does not know."""
-    if name in ("msp", "softmax_confidence"):
-        return probs.max(axis=1)
-    if name == "maxlogit":
-        return logits.max(axis=1)
-    if name == "doctor":  # DOCTOR rejects on 1 - sum p^2: the confidence is sum p^2
-        return (probs ** 2).sum(axis=1)
-    return None
-
-
-def stage1_scores(bundle, checkpoint: Path, split: str, device: str,
-                  baseline_names: Sequence[str]) -> RuleScores:
-    """Stage-1: the calibrated gate score (model) and each named baseline's exit score,
-    all with the model's class prediction."""
-    from core.stage1 import load_artifacts, prepare_data
-    from core.stage1.evaluation import model_outputs, predict
-
-    art = load_artifacts(checkpoint, device)
-    data = prepare_data(bundle, art.config.calib_fraction, art.config.seed)
-    s = data.split(split)
-    outputs = model_outputs(art.model, s.features)
-    pred, probs, _, score = predict(outputs, art.calibration)
-    labels = np.asarray(s.labels, dtype=np.int64)
-    if s.group is not None:
-        groups = np.asarray(s.group, dtype=np.int64)
-        k = int(art.num_groups or int(groups.max()) + 1)
-    else:  # no sample groups: every class is a group
-        groups, k = labels, int(probs.shape[1])
-    out = RuleScores(split, labels, groups, k)
-    pred = np.asarray(pred, dtype=np.int64)
-    out.rules[MODEL] = (np.asarray(score, dtype=np.float64), pred)
-    for name in baseline_names:
-        conf = _stage1_confidence(name, np.asarray(probs), np.asarray(outputs.logits))
-        if conf is None:
-            out.notes.append(f"baseline {name!r}: no exit score known to the report, not drawn")
-            continue
-        out.rules[name] = (np.asarray(conf, dtype=np.float64), pred)
     return out
 
 

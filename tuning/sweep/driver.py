@@ -23,7 +23,7 @@ from tuning.sweep.callbacks import LedgerCallback, ProgressCallback
 from tuning.sweep.options import SweepOptions
 from tuning.sweep.prepare import prepare_sweep
 from tuning.sweep.restart import ray_snapshot_usable, restart_from_ledger, trusted_snapshot
-from tuning.trainables import TRAINABLES, load_checked_bundle
+from tuning.trainables import compute_baselines, get_trainable, load_checked_bundle
 
 
 # --------------------------------------------------------------------------- running
@@ -73,7 +73,7 @@ def execute(spec: SweepSpec, bundle: Any = None, *, resume: bool = False,
     from tuning.sweep.resources import check_resources, local_nodes
 
     _env_for_tune()
-    info = TRAINABLES[spec.trainable]
+    info = get_trainable(spec.trainable)
     path = spec.path
     if spec.address == "local":  # e.g. `seltune resume --num-cpus 1` of a 2-CPU sweep
         check_resources(local_nodes(num_cpus), cpus_per_trial=spec.cpus_per_trial,
@@ -147,7 +147,7 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
     # starts) even when nothing of Ray's would be read: someone put it there.
     trusted = resume and (spec.uri is not None or trust_experiment or trusted_snapshot(spec))
     with ray_session(spec.address, num_cpus=num_cpus,
-                     preload=TRAINABLES[spec.trainable].worker_modules) as runtime:
+                     preload=get_trainable(spec.trainable).worker_modules) as runtime:
         if runtime.started_local:  # the agents Ray starts later are found by its session
             from tuning.sweep.lock import record_ray_processes
 
@@ -258,21 +258,19 @@ def sweep_baselines(spec: SweepSpec, bundle: Any) -> dict[str, Any] | None:
 
     from tuning.experiment.layout import BASELINES_FILE
     from tuning.experiment.records import load_baselines
-    from tuning.results.baselines import compute_baselines
 
     if spec.coverage is None or spec.multi_objective:
         return None
     found = load_baselines(spec.path)
     if found is not None:
         return found
-    info = TRAINABLES[spec.trainable]
     print(f"[seltune] fitting the training-free baselines at coverage {spec.coverage:g} ...",
           file=sys.stderr, flush=True)
     t0 = time.monotonic()
     task = ray.remote(num_cpus=spec.cpus_per_trial)(compute_baselines)
     device = "cpu" if spec.gpus_per_trial == 0 else spec.device
-    result = ray.get(task.remote(spec.trainable, info.bundle_kind, bundle, spec.coverage,
-                                 spec.metric, spec.mode, device))
+    result = ray.get(task.remote(spec.trainable, bundle, spec.coverage, spec.metric,
+                                 spec.mode, device))
     path = seltune_dir(spec.path) / BASELINES_FILE
     write_json(path, result)
     publish(path)

@@ -21,13 +21,22 @@ MOVED: dict[str, tuple[str, ...]] = {
     "tuning.trainables": ("tuning.trainables.trial",),
 }
 
+#: old module path -> its pickled names that are now submodules of the package at that
+#: path (``tuning.trainables.stage1`` is the Stage-1 adapter module; an old pickle's
+#: ``tuning.trainables.stage1`` is the Tune function)
+SHADOWED: dict[str, tuple[str, ...]] = {
+    "tuning.trainables": ("argse_selective", "argse_pretrain", "stage1"),
+}
+
 
 def install_aliases() -> None:
     """Make the old module paths of :data:`MOVED` resolve for the unpickler.
 
     A missing module gets a stand-in module holding the names of its new modules; an
     existing one (``tuning.sweep`` and ``tuning.trainables`` are packages now) gets the
-    missing names added as attributes.
+    missing names added as attributes, and the names of :data:`SHADOWED` replaced
+    (code imports those submodules with ``from package.submodule import ...``, which
+    reads ``sys.modules``, not the package attribute).
     """
     for old, news in MOVED.items():
         module = sys.modules.get(old)
@@ -39,5 +48,7 @@ def install_aliases() -> None:
                 sys.modules[old] = module
         for new in news:
             for name, value in vars(importlib.import_module(new)).items():
-                if not name.startswith("__") and not hasattr(module, name):
+                if name.startswith("__"):
+                    continue
+                if not hasattr(module, name) or name in SHADOWED.get(old, ()):
                     setattr(module, name, value)

@@ -17,7 +17,7 @@ training-free baselines are fit once at that point before the first trial
 whose realised coverage misses the point by more than ``--max-coverage-gap`` are
 infeasible: Optuna is told through TPE's ``constraints_func`` and export never picks
 them. Warm start: the first trials are the trainable's defaults and the configuration
-that reproduces the strongest baseline (``TrainableInfo.baseline_point``), plus
+that reproduces the strongest baseline (``Adapter.baseline_point``), plus
 ``--enqueue FILE``; ``--warm-start EXPERIMENT`` copies a finished study's trials into
 the new study as history.
 """
@@ -151,7 +151,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         raise InputError("unknown config key", file="--set", field=unknown[0],
                          expected=f"one of {', '.join(sorted(known))}")
     if opts.compat is not None:
-        if opts.compat not in COMPAT_FIXED or info.bundle_kind != "argse":
+        if opts.compat not in COMPAT_FIXED or opts.compat not in info.compat_formats:
             raise InputError(field="--compat", value=opts.compat,
                              expected="argse-repo (with an argse-* trainable)")
         for key, value in COMPAT_FIXED[opts.compat].items():
@@ -255,7 +255,7 @@ def warm_start_points(info, space, base_cfg, enqueue: str | None) -> list[dict[s
 
     1. the trainable's defaults (the seed's configuration, for every searched key whose
        default lies in the space), 2. the configuration that reproduces the strongest
-       baseline (``TrainableInfo.baseline_point``; its keys need not be searched — they
+       baseline (``Adapter.baseline_point``; its keys need not be searched — they
        are fixed for that one trial, see :func:`tuning.sweep.searcher.enqueue_points`), unless
        the sweep fixes one of them otherwise (``--set``, ``--compat``) or puts a
        searched one out of range, 3. the user's ``--enqueue`` configs.

@@ -31,7 +31,8 @@ import sys
 import tempfile
 from typing import Any
 
-from tuning.trainables import TRAINABLES
+from tuning.results.baselines import gap
+from tuning.trainables import TRAINABLES, get_trainable
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -62,11 +63,8 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(threads)))
-    info = TRAINABLES[trainable]
-    cfg = info.build_config({**fixed, **config}, source=f"trial config of {trainable}")
-
-    from tuning.results.baselines import gap
-
+    adapter = get_trainable(trainable)
+    cfg = adapter.build_config({**fixed, **config}, source=f"trial config of {trainable}")
     objective = (baselines or {}).get("metric")
 
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
@@ -85,8 +83,8 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
             if checkpoint is not None:
                 # A private copy: the trainer reads it while new checkpoints are written.
                 resume_from = checkpoint.to_directory(os.path.join(workdir, "resume"))
-            info.train_function(cfg, bundle, report, resume_from=resume_from, device=device,
-                                workdir=os.path.join(workdir, "ckpt"))
+            adapter.train(cfg, bundle, report, resume_from=resume_from, device=device,
+                          workdir=os.path.join(workdir, "ckpt"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -102,17 +100,15 @@ def _named(trainable: str):
     return fn
 
 
-argse_selective = _named("argse-selective")
+#: The Tune function of every trainable, by trainable name.
+FUNCTIONS = {name: _named(name) for name in TRAINABLES}
 
-
-argse_pretrain = _named("argse-pretrain")
-
-
-stage1 = _named("stage1")
-
-
-_FUNCTIONS = {"argse-selective": argse_selective, "argse-pretrain": argse_pretrain,
-              "stage1": stage1}
+# Module attributes, because pickles written by Ray name them (``tuning.trainables.trial.
+# argse_selective``; older ones ``tuning.trainables.argse_selective``, see
+# tuning.sweep.legacy): a new trainable's function is found through FUNCTIONS.
+argse_selective = FUNCTIONS["argse-selective"]
+argse_pretrain = FUNCTIONS["argse-pretrain"]
+stage1 = FUNCTIONS["stage1"]
 
 
 def build_trainable(trainable: str, bundle: Any, fixed: dict[str, Any], *, device: str,
@@ -126,6 +122,6 @@ def build_trainable(trainable: str, bundle: Any, fixed: dict[str, Any], *, devic
     from ray import tune
 
     threads = max(1, math.floor(cpus_per_trial)) if cpus_per_trial >= 1 else 1
-    fn = tune.with_parameters(_FUNCTIONS[trainable], bundle=bundle, fixed=dict(fixed),
+    fn = tune.with_parameters(FUNCTIONS[trainable], bundle=bundle, fixed=dict(fixed),
                               device=device, threads=threads, baselines=baselines)
     return tune.with_resources(fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

@@ -134,7 +134,7 @@ def build_report_inputs(tmp: Path, *, complete: int = 6, n_trials: int = 9) -> d
     """Everything ``write_report`` takes, as keyword arguments (module docstring)."""
     from core.argse import SelectiveConfig, load_predictor, model_metrics, train_selective
     from core.argse.baselines import baseline_metrics
-    from tuning.results.export import fitted_baselines
+    from tuning.trainables.argse import fitted_baselines
 
     tmp.mkdir(parents=True, exist_ok=True)
     bundle = make_expert_bundle()
@@ -368,7 +368,7 @@ def test_report_curves_use_the_rules_export_scores():
     """The rules the report draws are the rules export's numbers come from."""
     from core.argse.baselines import baseline_metrics, baseline_rules
     from core.argse.evaluation import selective_metrics
-    from tuning.results.export import fitted_baselines
+    from tuning.trainables.argse import fitted_baselines
 
     bundle = make_expert_bundle()  # the report inputs' bundle
     fitted = fitted_baselines(bundle)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from core.device import DEVICE_CHOICES
+from tuning.terminal import print_metrics
 from tuning.trainables import for_checkpoint
 
 EXPORT_CHECKPOINT = "checkpoint"
@@ -45,8 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuning.terminal import print_metrics
-
     checkpoint = resolve_checkpoint(args.checkpoint)
     adapter = for_checkpoint(checkpoint, _EXPORT_LAYOUT)
     adapter.check_bundle_dir(checkpoint, args.data)

@@ -15,7 +15,10 @@ import argparse
 import tempfile
 from typing import Any
 
-from core.device import DEVICE_CHOICES
+from core.atomic import check_output_path
+from core.config import build_config
+from core.device import DEVICE_CHOICES, resolve_device
+from tuning.terminal import console, print_train_result, progress
 from tuning.trainables import TRAINABLES, get_trainable
 
 
@@ -40,11 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from core.atomic import check_output_path
-    from core.config import build_config
-    from core.device import resolve_device
-    from tuning.terminal import console, print_train_result, progress
-
     adapter = get_trainable(args.trainable)
     config: Any = build_config(adapter.config_class, args.config, args.overrides)
     out = check_output_path(args.out, args.overwrite)

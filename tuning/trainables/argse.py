@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from core.atomic import atomic_dir
+from core.config import config_to_dict
 from tuning.results.baselines import verdicts
 from tuning.trainables.base import MODEL, Adapter, Evaluation, RuleScores
 
@@ -72,8 +74,6 @@ class ArgseAdapter(Adapter):
         ``seltune evaluate`` does) and every baseline at the config's operating point
         (:attr:`coverage_key`), with one verdict line per split."""
         from core.argse.checkpoint import LOGS_FILE, STATE_FILE, save_json
-        from core.atomic import atomic_dir
-        from core.config import config_to_dict
 
         src = Path(result.checkpoint_dir)
         with atomic_dir(out, overwrite=overwrite) as tmp:

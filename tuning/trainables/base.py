@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,6 @@ class Adapter(ABC):
     def measure_reported(self) -> tuple[str, ...]:
         """Run the core trainer on :meth:`probe` and return the sorted metric names
         every report carried, without per-group names and the iteration counter."""
-        import tempfile
-
         config, bundle = self.probe()
         seen: list[set[str]] = []
         with tempfile.TemporaryDirectory(prefix="seltune-probe-") as work:

@@ -24,6 +24,7 @@ trainables: a trial keeps no state outside the call, all of it is rebuilt from
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -54,8 +55,6 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
               device: str = "auto", threads: int = 1,
               baselines: dict[str, Any] | None = None) -> None:
     """The body of every trial (see the module docstring). Runs inside a Ray worker."""
-    import logging
-
     import torch
     from ray import tune
 

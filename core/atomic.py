@@ -75,6 +75,7 @@ def check_output_path(out: str | Path, overwrite: bool,
         if target == src or target in src.parents:
             raise InputError("is (or holds) this command's input", file=out,
                              expected="an output path apart from the input")
+    check_parents_are_dirs(out, "--out")
     if not (out.exists() or out.is_symlink()):
         return out
     if not overwrite:
@@ -90,6 +91,22 @@ def check_output_path(out: str | Path, overwrite: bool,
                          "seltune wrote", file=out,
                          expected="a new path, or a bundle/export directory")
     return out
+
+
+def check_parents_are_dirs(path: str | Path, field: str) -> None:
+    """Refuse, in one line, a path whose nearest existing ancestor is not a directory
+    (``--out notes.txt/run``): creating it would fail deep in ``mkdir``."""
+    path = Path(path)
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{parent} is a regular file, not a directory",
+                                 field=field, value=str(path),
+                                 expected="a path whose parents are directories")
+            return
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it too
+            raise InputError(f"{parent} is a broken symbolic link", field=field,
+                             value=str(path), expected="a path whose parents are directories")
 
 
 @contextlib.contextmanager

@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seltune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from tuning.cli.disk_full import disk_full_message
+
+        message = disk_full_message(exc, args)
+        if message is None:
+            raise
+        print(f"seltune: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

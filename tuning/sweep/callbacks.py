@@ -137,6 +137,10 @@ class LedgerCallback(_CallbackBase):
         entries = self.ledger.trials
         for trial in trials:
             entry = entries.get(trial.trial_id)
+            if entry is not None and entry.status == "TERMINATED":
+                # Finished after the snapshot Tune restored it from (as PENDING): it stays
+                # finished; PersistentASHA stops the restored copy before it runs.
+                continue
             status = ledger_status(trial.status, None if entry is None else entry.status)
             if entry is None or entry.status != status:
                 self._entry(trial).status = status

@@ -176,6 +176,10 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
             from tuning.sweep.legacy import install_aliases
 
             install_aliases()  # a sweep started by an older seltune pickled other paths
+            if spec.uri is None:  # trials started after Ray's last snapshot go on too
+                from tuning.sweep.restart import continue_lost_trials
+
+                continue_lost_trials(spec, TRAINABLES[spec.trainable].checkpoint_file)
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        restart_errored=False)

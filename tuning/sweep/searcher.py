@@ -324,15 +324,24 @@ class SeltuneOptunaSearch(OptunaSearch):
     def reconcile_with_study(self) -> list[int]:
         """After a restore: fail orphaned RUNNING study trials, mark finished ones.
 
+        A RUNNING trial that :func:`tuning.sweep.restart.continue_lost_trials` put back
+        into Ray's snapshot is adopted instead (same Optuna trial, same Ray id).
         Returns the Optuna trial numbers told FAIL.
         """
+        import optuna
         from optuna.trial import TrialState
+
+        from tuning.sweep.restart import CONTINUED_ATTR
 
         known = {t._trial_id for t in self._ot_trials.values()}
         failed = []
         study = self._study()
         for frozen in study.get_trials(deepcopy=False):
             if frozen.state != TrialState.RUNNING or frozen._trial_id in known:
+                continue
+            continued = frozen.user_attrs.get(CONTINUED_ATTR)
+            if continued is not None:  # put back into Ray's snapshot: the same trial goes on
+                self._ot_trials[continued] = optuna.trial.Trial(study, frozen._trial_id)
                 continue
             study._storage.set_trial_user_attr(
                 frozen._trial_id, "orphaned", "asked before a driver crash; never run")

@@ -316,8 +316,9 @@ def continue_lost_trials(spec: SweepSpec, checkpoint_file: str) -> list[str]:
         if trial.storage is None:
             return []
         storage = copy.copy(trial.storage)
-        storage.trial_dir_name = entry.dir
-        trial_dir = path / entry.dir
+        dirname = str(entry.dir)  # set: the lost trials were chosen for having one
+        storage.trial_dir_name = dirname
+        trial_dir = path / dirname
         found = _last_checkpoint(entry, trial_dir, checkpoint_file)
         storage.current_checkpoint_index = 0 if found is None else \
             int(found[0].rsplit("_", 1)[-1]) + 1
@@ -329,8 +330,8 @@ def continue_lost_trials(spec: SweepSpec, checkpoint_file: str) -> list[str]:
         trial.evaluated_params = {k: v for k, v in config.items()
                                   if k in (trial.evaluated_params or {})}
         trial.experiment_tag = f"{len(known) + order + 1}_continued"
-        trial.relative_logdir = entry.dir
-        trial.custom_dirname = entry.dir
+        trial.relative_logdir = dirname  # type: ignore[assignment]  # Ray declares None
+        trial.custom_dirname = dirname
         trial.status = Trial.PAUSED  # unfinished: Tuner.restore(resume_unfinished) runs it
         trial.stub = False  # read as a stub (no trainable registered yet); Ray runs it
         meta = _TrainingRunMetadata()

@@ -145,6 +145,8 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
     path = spec.path
     # A folder nobody signed, or a changed tuner.pkl, is refused (one line, before Ray
     # starts) even when nothing of Ray's would be read: someone put it there.
+    if resume and spec.uri is not None and not trust_experiment:
+        raise trust.remote_refusal(spec.uri)  # before Ray starts; nothing is unpickled
     trusted = resume and (spec.uri is not None or trust_experiment or trusted_snapshot(spec))
     with ray_session(spec.address, num_cpus=num_cpus,
                      preload=TRAINABLES[spec.trainable].worker_modules) as runtime:

@@ -308,6 +308,8 @@ class ProgressCallback(_CallbackBase):
             self._ended = set()
         self._ended.add(trial.trial_id)
         r = trial.last_result or {}
+        if not r:  # a restored copy of a trial that had finished: stopped before it ran
+            return
         value = r.get(self.metric)
         text = "-" if value is None else f"{value:.4f}"
         gap = r.get("gap_to_best_baseline")

@@ -13,6 +13,9 @@ rounds one last resume runs the sweep to its end. Figures (all must be 0):
 - ``rerun``: finished trials whose ``result.json`` changed after they finished;
 - ``orphaned``: ``trial_*`` directories the ledger does not name;
 - ``running_in_study``: study trials of the sweep still RUNNING at the end;
+- ``lost_in_ledger``: running trials a resume abandoned instead of continuing them
+  (``replaced_in_ledger``, not required to be 0, counts those that ran again from the
+  start with the same parameters because no usable Ray snapshot was left);
 - ``processes_left_after_resume``: processes of the final resume's group left behind
   (a killed driver's own leftovers are counted apart, ``processes_left_by_kills``).
 
@@ -173,6 +176,8 @@ def figures(exp: Path, samples: int, seen_finished: dict[str, bytes]) -> dict:
         "orphaned": len([p for p in exp.glob("trial_*") if p.name not in named]),
         "running_in_study": sum(t.state.name == "RUNNING" for t in study.trials),
         "lost_in_ledger": len(ledger.get("lost", {})),
+        # running at a kill with no usable Ray snapshot: run again with the same params
+        "replaced_in_ledger": len(ledger.get("replaced", {})),
     }
 
 
@@ -193,7 +198,7 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     bad = [k for k in ("lost", "duplicated", "rerun", "orphaned", "running_in_study",
-                       "processes_left_after_resume") if result[k]]
+                       "lost_in_ledger", "processes_left_after_resume") if result[k]]
     print("soak: " + ("all figures 0" if not bad else "NOT 0: " + ", ".join(bad)),
           file=sys.stderr)
     return 1 if bad or result["final_rc"] != 0 else 0

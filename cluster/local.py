@@ -644,7 +644,63 @@ def up(nodes: int, cpus_per_node: int, *, gpus_per_node: int = 0,
         down(state, grace_s=5.0, remove_temp=False)
         raise
     save_state(state)
+    _register(state)
     return state
+
+
+# --------------------------------------------------------------------------- registry
+#: ``$SELTUNE_CLUSTER_REGISTRY`` or ``~/.seltune/clusters``: one small file per running
+#: cluster ``cluster up`` started (``<port>.json`` -> its directory), so a driver given
+#: only ``--address HOST:PORT`` finds the token of a cluster seltune started, whatever
+#: ``--dir`` it was started with (:func:`find_cluster`).
+REGISTRY_ENV = "SELTUNE_CLUSTER_REGISTRY"
+
+
+def registry_dir() -> Path:
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env) if env else Path.home() / ".seltune" / "clusters"
+
+
+def _register(state: ClusterState) -> None:
+    path = registry_dir() / f"{state.gcs_port}.json"
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps({"address": state.address, "dir": state.dir}) + "\n")
+    except OSError as exc:  # the cluster runs; only the lookup by address is lost
+        print(f"[seltune] could not record the cluster in {path.parent} ({exc}); drivers "
+              f"need eval \"$(seltune cluster env --dir {state.dir})\"", file=sys.stderr)
+
+
+def _unregister(state: ClusterState) -> None:
+    (registry_dir() / f"{state.gcs_port}.json").unlink(missing_ok=True)
+
+
+def find_cluster(address: str) -> ClusterState | None:
+    """The running cluster ``cluster up`` started at ``address`` (``HOST:PORT``), or None.
+
+    Looked up in the registry (any ``--dir``) and the default directory; a state whose
+    head is no longer alive, or that was stopped, does not count.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return None
+    candidates = []
+    entry = registry_dir() / f"{port}.json"
+    try:
+        candidates.append(Path(json.loads(entry.read_text())["dir"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    candidates.append(default_dir())
+    for directory in candidates:
+        try:
+            state = load_state(directory)
+        except InputError:
+            continue
+        same_host = host in (LOOPBACK, "localhost", state.address.rpartition(":")[0])
+        if (state.stopped_at is None and state.gcs_port == int(port) and same_host
+                and state.nodes and node_alive(state.nodes[0])):
+            return state
+    return None
 
 
 _START_ATTEMPTS = 3
@@ -726,6 +782,7 @@ def down(state: ClusterState, *, grace_s: float = 10.0, remove_temp: bool = True
     if remove_temp:
         shutil.rmtree(state.temp_dir, ignore_errors=True)
     state.stopped_at = _now()
+    _unregister(state)
     if Path(state.dir).is_dir():
         save_state(state)
     return state

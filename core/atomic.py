@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ def check_output_path(out: str | Path, overwrite: bool,
         if target == src or target in src.parents:
             raise InputError("is (or holds) this command's input", file=out,
                              expected="an output path apart from the input")
+    check_parents_are_dirs(out, "--out")
     if not (out.exists() or out.is_symlink()):
         return out
     if not overwrite:
@@ -92,6 +94,70 @@ def check_output_path(out: str | Path, overwrite: bool,
     return out
 
 
+def check_parents_are_dirs(path: str | Path, field: str) -> None:
+    """Refuse, in one line, a path whose nearest existing ancestor is not a directory
+    (``--out notes.txt/run``): creating it would fail deep in ``mkdir``."""
+    path = Path(path)
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{parent} is a regular file, not a directory",
+                                 field=field, value=str(path),
+                                 expected="a path whose parents are directories")
+            return
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it too
+            raise InputError(f"{parent} is a broken symbolic link", field=field,
+                             value=str(path), expected="a path whose parents are directories")
+
+
+def _temp_prefix(out: Path, kind: str) -> str:
+    """``.NAME.tmp-PID-``: the writer's pid in the name, so a later writer of the same
+    output can tell a temporary left by a killed process (SIGKILL runs no cleanup)
+    from one a live process is still filling."""
+    return f".{out.name}.{kind}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^/]*$")
+
+
+def remove_stale_temporaries(out: str | Path | None = None, *,
+                             directory: str | Path | None = None) -> list[Path]:
+    """Remove what killed writers left: ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` whose
+    PID is gone, beside ``out`` (that name only) or anywhere in ``directory``; returns
+    what was removed. Temporaries of live processes, and names of any other form, are
+    left alone."""
+    if out is not None:
+        parent, only = Path(out).parent, Path(out).name
+    else:
+        parent, only = Path(directory or "."), None
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _TEMP_NAME.match(path.name)
+        if match is None or (only is not None and match["name"] != only) \
+                or _pid_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False,
                protect: tuple[str | Path, ...] = ()) -> Iterator[Path]:
@@ -102,7 +168,8 @@ def atomic_dir(out: str | Path, overwrite: bool = False,
     """
     out = check_output_path(out, overwrite, protect)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out, "tmp"), dir=out.parent))
     try:
         yield tmp
     except BaseException:
@@ -110,7 +177,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False,
         raise
     fault_point("during_export")  # contents written, not yet renamed into place
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(out, "old"), dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -126,7 +193,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path, "tmp"), dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

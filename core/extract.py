@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,8 +67,25 @@ def read_labels_csv(path: str | Path) -> LabelRows:
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", file=path, expected="a labels CSV with rows path,label[,group]")
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    raw = path.read_bytes()
+    try:
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first path.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
+                         file=path, expected="a UTF-8 CSV with rows path,label[,group] "
+                         "(re-save it as UTF-8)") from None
+    if "\x00" in text:  # Python's csv reads NUL bytes as data: a binary file given
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise InputError(f"not a CSV (a NUL byte on line {line}: a binary file?)", file=path,
+                         expected="a UTF-8 CSV with rows path,label[,group]")
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""))
+                if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise InputError(f"not a CSV ({exc})", file=path,
+                         expected="a UTF-8 CSV with rows path,label[,group]") from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
         header = [c.strip().lower() for c in rows[0]]
         rows = rows[1:]
@@ -136,6 +154,44 @@ def stratified_split(labels: np.ndarray, ratios: Sequence[float], seed: int) -> 
         for name, chunk in zip(SPLITS, (idx[:a], idx[a:b], idx[b:])):
             parts[name].append(chunk)
     return {s: np.sort(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
+
+
+def looks_like_path(model: str) -> bool:
+    """Whether ``--model`` names a local directory rather than a hub id.
+
+    A hub id is ``NAME`` or ``ORG/NAME``; anything absolute, relative with ``./``/``../``
+    or ``~``, with more than one ``/``, or whose first component is an existing local
+    directory is a path (``models/dinov2`` when ``models/`` exists here).
+    """
+    if model.startswith(("/", "./", "../", "~", ".\\")) or model in (".", ".."):
+        return True
+    parts = model.split("/")
+    if len(parts) > 2 or "\\" in model or (len(parts) == 2 and not all(parts)):
+        return True
+    return len(parts) == 2 and Path(parts[0]).is_dir()
+
+
+def check_model(model: str) -> None:
+    """Fail at once, in one line, for a ``--model`` path that does not exist.
+
+    Without this, transformers takes a missing directory for a hub id and retries the
+    network for about 100 s before failing with a long traceback.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError("not a directory", field="--model", value=model,
+                             expected="a directory saved by save_pretrained (config.json, "
+                             "weights) or a hub id ORG/NAME")
+        if not (path / "config.json").is_file():
+            raise InputError("no config.json in the directory", field="--model", value=model,
+                             expected="a directory saved by save_pretrained (config.json, "
+                             "weights) or a hub id ORG/NAME")
+        return
+    if looks_like_path(model):
+        raise InputError("no such directory", field="--model", value=model,
+                         expected="a directory saved by save_pretrained, or a hub id "
+                         "ORG/NAME (e.g. facebook/dinov2-small)")
 
 
 def load_backbone(model: str, device: Any):
@@ -224,6 +280,7 @@ def extract_features(model: str, images: str | Path, labels_csv: str | Path, *,
         raise InputError(field="--batch-size", value=batch_size, expected="an integer >= 1")
     ratios = parse_split_ratios(split_ratios)
     rows = read_labels_csv(labels_csv)
+    check_model(model)
     dev = resolve_device(device)
     net, processor = load_backbone(model, dev)
     amp = None

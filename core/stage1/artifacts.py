@@ -149,31 +149,52 @@ def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stag
     except Exception as exc:
         raise InputError(f"cannot read Stage-1 checkpoint: {exc}".splitlines()[0],
                          file=path) from None
+    _check_head(head, path / HEAD_FILE)
+    if not isinstance(gate, dict):
+        raise InputError(file=path / GATE_FILE, value=type(gate).__name__,
+                         expected="a JSON object written by `seltune train stage1`")
     kind = gate.get("class_calibrator", config.calibrator)
+    if not isinstance(kind, str):
+        raise InputError(file=path / GATE_FILE, field="class_calibrator", value=kind,
+                         expected="a calibrator kind (a string)")
     cal_path = path / calibrator_file(kind)
     if not cal_path.is_file():
         raise InputError("missing class calibrator", file=cal_path,
                          expected=f"{calibrator_file(kind)} beside {HEAD_FILE}")
-    class_cal = ClassCalibrator.from_state_dict(
-        torch.load(cal_path, map_location="cpu", weights_only=True))
-    model = Stage1Head(int(head["feature_dim"]), int(head["num_classes"]),
-                       int(head["hidden_dim"]), config.dropout,
-                       gate_input=config.gate_input)
-    model.load_state_dict(head["state_dict"])
+    # The files parsed, but their contents may still not be what training wrote (a
+    # hand-edited or foreign file): a missing key, a wrong type or a tensor of another
+    # shape is the file's fault, named with it, not a traceback.
+    where = cal_path
+    try:
+        class_cal = ClassCalibrator.from_state_dict(
+            torch.load(cal_path, map_location="cpu", weights_only=True))
+        where = path / HEAD_FILE
+        model = Stage1Head(int(head["feature_dim"]), int(head["num_classes"]),
+                           int(head["hidden_dim"]), config.dropout,
+                           gate_input=config.gate_input)
+        model.load_state_dict(head["state_dict"])
+        where = path / GATE_FILE
+        threshold, sm_threshold = float(gate["threshold"]), float(gate["softmax_threshold"])
+        if gate.get("score_scale") != SCORE_SCALE:
+            threshold = _threshold_from_probability(threshold)
+            sm_threshold = _threshold_from_probability(sm_threshold)
+        combiner = gate.get("combiner")
+        calibration = Stage1Calibration(
+            class_calibrator=class_cal, gate_calibrator=GateCalibrator.from_json(gate),
+            threshold=threshold, softmax_threshold=sm_threshold,
+            target_coverage=float(gate["target_coverage"]),
+            eval_coverage=float(gate.get("eval_coverage", config.eval_coverage)),
+            exit_score=str(gate.get("exit_score", config.exit_score)),
+            combiner=None if combiner is None else ScoreCombiner.from_json(combiner))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else \
+            (" ".join(str(exc).split()) or type(exc).__name__)[:240]
+        raise InputError(f"not a Stage-1 checkpoint file as `seltune train stage1` writes "
+                         f"it ({detail})", file=where,
+                         expected="the file as training wrote it (retrain or restore it)"
+                         ) from None
     dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev).eval()
-    threshold, sm_threshold = float(gate["threshold"]), float(gate["softmax_threshold"])
-    if gate.get("score_scale") != SCORE_SCALE:
-        threshold = _threshold_from_probability(threshold)
-        sm_threshold = _threshold_from_probability(sm_threshold)
-    combiner = gate.get("combiner")
-    calibration = Stage1Calibration(
-        class_calibrator=class_cal, gate_calibrator=GateCalibrator.from_json(gate),
-        threshold=threshold, softmax_threshold=sm_threshold,
-        target_coverage=float(gate["target_coverage"]),
-        eval_coverage=float(gate.get("eval_coverage", config.eval_coverage)),
-        exit_score=str(gate.get("exit_score", config.exit_score)),
-        combiner=None if combiner is None else ScoreCombiner.from_json(combiner))
     if calibration.exit_score != config.exit_score or \
             calibration.eval_coverage != config.eval_coverage:
         raise InputError("gate calibration and config disagree", file=path / GATE_FILE,
@@ -189,6 +210,26 @@ def load_artifacts(path: str | Path, device: str | torch.device = "cpu") -> Stag
     return Stage1Artifacts(path=path, config=config, model=model, calibration=calibration,
                            class_weights=None if cw is None else np.asarray(cw),
                            num_groups=head.get("num_groups"))
+
+
+def _check_head(head: Any, file: Path) -> None:
+    """``stage1_head.pth`` must be the dict :func:`save_artifacts` writes (a bare tensor
+    or a plain state dict loads with ``weights_only=True`` too)."""
+    expected = ('{"format", "state_dict", "feature_dim", "num_classes", "hidden_dim", '
+                '"class_weights", "num_groups"} as `seltune train stage1` writes it')
+    if not isinstance(head, dict):
+        raise InputError(f"holds a {type(head).__name__}", file=file, expected=expected)
+    for key in ("feature_dim", "num_classes", "hidden_dim"):
+        value = head.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(file=file, field=key, value=value, expected="an integer >= 1")
+    if not isinstance(head.get("state_dict"), dict):
+        raise InputError(file=file, field="state_dict", value=type(head.get("state_dict")).__name__,
+                         expected="a mapping of parameter name: tensor")
+    num_groups = head.get("num_groups")
+    if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int)):
+        raise InputError(file=file, field="num_groups", value=num_groups,
+                         expected="an integer or null")
 
 
 def evaluate_checkpoint(path: str | Path, bundle: Any, split: str = "test",

@@ -12,9 +12,13 @@ the same invariants are checked (:func:`check_invariants`):
 - no trial ASHA had stopped ran beyond the iteration it was stopped at;
 - the Optuna study agrees with the ledger (COMPLETE = TERMINATED, PRUNED = STOPPED,
   FAIL = ERROR or ``orphaned``), and no study trial of the sweep is left RUNNING;
-- every ``trial_*`` directory is one the ledger names (a finished trial or a ``lost``
-  one), and no process is left of the resumed driver's Ray, nor of the killed one's
-  (the resume stops what a SIGKILLed driver's local Ray leaves: its agents).
+- every ``trial_*`` directory is one of the ledger's trials, and no process is left of
+  the resumed driver's Ray, nor of the killed one's (the resume stops what a SIGKILLed
+  driver's local Ray leaves: its agents);
+- no trial is abandoned: one running when the driver died continued from its last
+  checkpoint as the same trial (Ray's snapshot knew it, or the resume put it back into
+  the snapshot), or, without a usable snapshot, ran again with the same parameters
+  (``seltune_rerun_of``); the ledger has no ``lost`` trial and ``status`` lists none.
 
 +----------------------+---------------------------------+---------------------------+
 | case                 | fault point                     | checked                   |
@@ -26,6 +30,10 @@ the same invariants are checked (:func:`check_invariants`):
 |                      |                                 | runs nothing              |
 | kill_before_snapshot | before_first_snapshot (SIGKILL) | invariants                |
 | kill_after_result    | after_trial_result:6 (SIGKILL)  | invariants                |
+| started_after_       | after_trial_result:8 (SIGKILL), | the trial Ray's snapshot  |
+| snapshot             | one Ray snapshot only           | lacks continues from its  |
+|                      | (TUNE_GLOBAL_CHECKPOINT_S)      | checkpoint, same id and   |
+|                      |                                 | study trial; invariants   |
 | truncated_snapshot   | after_trial_result:6 + the      | invariants                |
 |                      | newest experiment_state cut     |                           |
 | kill_during_export   | during_export (SIGKILL)         | no half-written --out;    |
@@ -193,12 +201,27 @@ def check_invariants(exp: Path, before: dict, num_samples: int = NUM_SAMPLES) ->
     assert all(t.state.name == "FAIL" for t in study.trials if "orphaned" in t.user_attrs)
     results["study agrees with ledger"] = True
 
-    named = {t.get("dir") or f"trial_{tid}" for part in ("trials", "lost")
-             for tid, t in ledger.get(part, {}).items()}
+    named = {t.get("dir") or f"trial_{tid}" for tid, t in ledger["trials"].items()}
     orphans = sorted(p.name for p in exp.glob("trial_*") if p.name not in named)
     assert not orphans, orphans
     results["no orphan trial dirs"] = True
+
+    # A trial running when the driver died is continued (Ray's snapshot knew it, or it
+    # was put back into the snapshot) or re-run with its parameters (no usable
+    # snapshot): never abandoned as "lost", and status lists none.
+    assert not ledger.get("lost"), sorted(ledger["lost"])
+    assert "lost" not in status, status.get("lost")
+    for tid in ledger.get("replaced", {}):  # re-run with the same parameters
+        first = _params_of(study, tid)
+        assert any(s.user_attrs.get("seltune_rerun_of") == tid and s.params == first
+                   for s in real), tid
+    results["no trial abandoned"] = True
     return results
+
+
+def _params_of(study, ray_trial_id: str) -> dict:
+    """The parameters of the study trial that ran ``ray_trial_id`` first."""
+    return next(t.params for t in study.trials if t.user_attrs.get("ray_trial_id") == ray_trial_id)
 
 
 def _resume(exp: Path) -> subprocess.CompletedProcess:
@@ -232,6 +255,54 @@ def test_sigkill_at_a_fault_point_then_resume(bundle, tmp_path, case, fault):
     check_invariants(exp, before)
     again = _resume(exp)  # nothing left to run: the sweep is complete for good
     assert "already finished" in again.stderr
+
+
+def test_trial_started_after_the_snapshot_continues_from_its_checkpoint(bundle, tmp_path):
+    """Ray's snapshot taken once, at the start (``TUNE_GLOBAL_CHECKPOINT_S``): the trial
+    started after it, killed after it reported and checkpointed, is unknown to Ray's
+    restore. It must go on from its checkpoint as the same trial (id, directory, study
+    trial), not be abandoned for a new one (issue 15, defect 3)."""
+    storage, name = tmp_path / "runs", "after_snapshot"
+    # One trial at a time, none stopped early (grace period = max_t): trial 2 starts
+    # after the snapshot and is killed at its third report (result 7), its earlier
+    # reports written to the ledger (the seed's space with 20 B1 epochs of batch 8 makes
+    # a report take ~1 s, longer than the ledger's half-second write throttle).
+    env = _env("after_trial_result:7")
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "100000"
+    args = _sweep_args(bundle, storage, name)
+    args[args.index("--set")::] = ["--space", "argse-selective-seed", "--set",
+                                   "stageA_epochs=1", "--set", "cycles=3", "--set",
+                                   "b1_epochs=20", "--set", "batch_size=8",
+                                   "--grace-period", "4", "--max-concurrent", "1"]
+    p = _cli(args, env, reap=False)
+    assert "SELTUNE_FAULT: SIG" in p.stderr, p.stderr[-3000:]
+    exp = storage / name
+    before = snapshot(exp)
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    known = {json.loads(t)["trial_id"] for t, _ in state["trial_data"]}
+    running = {tid: t for tid, t in before["ledger"]["trials"].items()
+               if t["status"] not in ("TERMINATED", "ERROR") and tid not in known
+               and any(h.get("checkpoint_dir_name") for h in t["history"].values())}
+    assert running, "no trial had reported after Ray's snapshot: the case tests nothing"
+    study_before = {tid: _number(exp, tid) for tid in running}
+    r = _resume(exp)
+    for tid in running:
+        assert f"trial {tid} (started after Ray's last snapshot) continues from its " \
+               f"checkpoint_" in r.stderr, r.stderr[-3000:]
+    check_invariants(exp, before)
+    ledger = json.loads((exp / "seltune" / "trials.json").read_text())
+    for tid in running:  # the same trial finished, in the same study trial
+        assert ledger["trials"][tid]["status"] in ("TERMINATED", "STOPPED", "ERROR")
+        assert _number(exp, tid) == study_before[tid]
+
+
+def _number(exp: Path, ray_trial_id: str) -> int:
+    from tuning.experiment.spec import load_spec
+
+    spec = load_spec(exp)
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.study_storage)
+    return next(t.number for t in study.trials
+                if t.user_attrs.get("ray_trial_id") == ray_trial_id)
 
 
 def test_truncated_snapshot_then_resume(bundle, tmp_path):

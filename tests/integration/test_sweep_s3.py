@@ -260,7 +260,13 @@ def test_killed_driver_resumed_by_uri(s3_endpoint, env, bundle, tmp_path):
     shutil.rmtree(tmp_path / "cache" / "remote")
     ray_tmp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")
     uri = f"s3://{BUCKET}/runs/killed?endpoint_override={s3_endpoint}&scheme=http"
-    p = seltune(dict(env, RAY_TMPDIR=ray_tmp), "resume", uri, "--num-cpus", 2, "--json")
+    # Tune's pickles in a bucket are not signed: unpickled only when the user trusts it
+    refused = seltune(dict(env, RAY_TMPDIR=ray_tmp), "resume", uri, "--num-cpus", 2, ok=False)
+    lines = [x for x in refused.stderr.splitlines() if x.startswith("seltune: error:")]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert "tuner.pkl: in object storage" in lines[0] and "--trust-experiment" in lines[0]
+    p = seltune(dict(env, RAY_TMPDIR=ray_tmp), "resume", uri, "--num-cpus", 2, "--json",
+                "--trust-experiment")
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert f"resuming {uri}" in p.stderr
     status = json.loads(p.stdout)

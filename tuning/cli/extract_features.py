@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from core.atomic import check_output_path
     from core.bundles import save_bundle
     from core.errors import InputError
-    from core.extract import extract_features, parse_split_ratios, read_labels_csv
+    from core.extract import check_model, extract_features, parse_split_ratios, read_labels_csv
     from tuning.terminal import console, print_json, progress
 
     ratios = parse_split_ratios(args.split_ratios)
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():
         raise InputError("no such directory", file=args.images, expected="the image root directory")
     read_labels_csv(args.labels)
+    check_model(args.model)  # a missing local directory: at once, not after network retries
     err = console(stderr=True)
     with progress(stderr=True) as bar:
         task = bar.add_task("extract", total=None, status="")

@@ -47,6 +47,9 @@ class TrialState(StrEnum):
     ERROR = "ERROR"
     INTERRUPTED = "INTERRUPTED"
     LOST = "LOST"
+    #: unfinished when its driver died with no usable Ray snapshot: run again with the
+    #: same parameters as a new trial (``tuning.sweep.restart.rerun_unfinished``)
+    REPLACED = "REPLACED"
 
 
 #: States of a trial that ran as far as it will: to its end, or stopped by ASHA.
@@ -184,6 +187,8 @@ class Ledger:
     trials: dict[str, LedgerEntry] = field(default_factory=dict)
     updated: float | None = None
     lost: dict[str, LedgerEntry] = field(default_factory=dict)
+    #: trials run again from the start with the same parameters (``replaced``)
+    replaced: dict[str, LedgerEntry] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, *, file: str | Path | None = None) -> Ledger:
@@ -200,7 +205,7 @@ class Ledger:
 
         return cls(trials=entries("trials"),
                    updated=f.get("updated", _is_num, "a UNIX time", None),
-                   lost=entries("lost"))
+                   lost=entries("lost"), replaced=entries("replaced"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"trials": {k: e.to_dict() for k, e in self.trials.items()}}
@@ -208,6 +213,8 @@ class Ledger:
             out["updated"] = self.updated
         if self.lost:
             out["lost"] = {k: e.to_dict() for k, e in self.lost.items()}
+        if self.replaced:
+            out["replaced"] = {k: e.to_dict() for k, e in self.replaced.items()}
         return out
 
 

@@ -160,3 +160,19 @@ def refusal(file: Path, why: str) -> InputError:
                       f"code from the folder)", file=file,
                       expected=f"an experiment this user's driver wrote, or {TRUST_FLAG} if "
                       "you trust this folder")
+
+
+def remote_refusal(uri: str) -> InputError:
+    """The one-line refusal to restore an experiment in object storage unasked.
+
+    Tune keeps its pickles (``tuner.pkl``, the snapshots) in the bucket, where seltune
+    does not sign them: whoever can write the bucket could plant one, and ``seltune
+    resume URI`` is meant to run from any machine that reaches it. So such a resume
+    needs ``--trust-experiment``, the statement that everyone who can write there is
+    trusted (``status`` and ``export`` read JSON and the study only, as locally).
+    """
+    return InputError("in object storage, where seltune cannot check who wrote Tune's "
+                      "pickles (tuner.pkl, the snapshots): not unpickled (restoring them "
+                      "would run code from the bucket)", file=f"{uri.split('?')[0]}/tuner.pkl",
+                      expected=f"{TRUST_FLAG} if you trust everyone who can write there")
+

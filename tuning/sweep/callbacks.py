@@ -137,6 +137,10 @@ class LedgerCallback(_CallbackBase):
         entries = self.ledger.trials
         for trial in trials:
             entry = entries.get(trial.trial_id)
+            if entry is not None and entry.status == "TERMINATED":
+                # Finished after the snapshot Tune restored it from (as PENDING): it stays
+                # finished; PersistentASHA stops the restored copy before it runs.
+                continue
             status = ledger_status(trial.status, None if entry is None else entry.status)
             if entry is None or entry.status != status:
                 self._entry(trial).status = status
@@ -304,6 +308,8 @@ class ProgressCallback(_CallbackBase):
             self._ended = set()
         self._ended.add(trial.trial_id)
         r = trial.last_result or {}
+        if not r:  # a restored copy of a trial that had finished: stopped before it ran
+            return
         value = r.get(self.metric)
         text = "-" if value is None else f"{value:.4f}"
         gap = r.get("gap_to_best_baseline")

@@ -145,6 +145,8 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
     path = spec.path
     # A folder nobody signed, or a changed tuner.pkl, is refused (one line, before Ray
     # starts) even when nothing of Ray's would be read: someone put it there.
+    if resume and spec.uri is not None and not trust_experiment:
+        raise trust.remote_refusal(spec.uri)  # before Ray starts; nothing is unpickled
     trusted = resume and (spec.uri is not None or trust_experiment or trusted_snapshot(spec))
     with ray_session(spec.address, num_cpus=num_cpus,
                      preload=get_trainable(spec.trainable).worker_modules) as runtime:
@@ -176,6 +178,10 @@ def _fit(spec: SweepSpec, bundle: Any, *, resume: bool, num_cpus: int | None,
             from tuning.sweep.legacy import install_aliases
 
             install_aliases()  # a sweep started by an older seltune pickled other paths
+            if spec.uri is None:  # trials started after Ray's last snapshot go on too
+                from tuning.sweep.restart import continue_lost_trials
+
+                continue_lost_trials(spec, get_trainable(spec.trainable).checkpoint_file)
             tuner = tune.Tuner.restore(spec.location, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        restart_errored=False)

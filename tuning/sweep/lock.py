@@ -85,6 +85,10 @@ def claim_driver(experiment_dir: Path, *, force: bool = False) -> None:
         if stopped:
             print(f"[seltune] stopped {stopped} Ray process(es) left by the dead driver "
                   f"(pid {pid})", file=sys.stderr, flush=True)
+        # ... and the half-written temporaries of its atomic writes (ledger, ASHA state)
+        from core.atomic import remove_stale_temporaries
+
+        remove_stale_temporaries(directory=sdir)
     if host not in (None, os.uname().nodename) and not force:
         release_driver(experiment_dir, keep_record=True)
         raise InputError(f"a driver on host {host} (pid {pid}) may still be running this "

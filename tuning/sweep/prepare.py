@@ -134,6 +134,8 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
         check_resources(local_nodes(opts.num_cpus), cpus_per_trial=opts.cpus_per_trial,
                         gpus_per_trial=opts.gpus_per_trial, num_cpus=opts.num_cpus)
     storage = resolve_storage(opts.storage)
+    if not isinstance(storage, str):
+        _check_storage_dir(storage, opts.storage)
     if opts.study_storage:
         _check_study_url(opts.study_storage)
     elif isinstance(storage, str):
@@ -169,9 +171,15 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
                          expected="at least one searched parameter")
     fixed = dict(space.fixed)
     base_cfg = info.build_config(fixed, source="--space fixed + --set")  # fail fast
+    from tuning.sweep.space_check import check_space_values
+
+    # Every choice and bound the space can give a trial, against the trainable's config
+    # (otherwise every trial drawing a bad value fails three times inside Ray).
+    check_space_values(space, info.config_class, fixed, source=opts.space or info.name)
 
     data = opts.data if opts.data is not None else _default_data(info.bundle_kind)
     bundle = load_checked_bundle(data, info.bundle_kind, info.name)
+    _check_group_metrics(metrics, bundle, data)
 
     full = info.expected_iterations(base_cfg)
     max_t = opts.max_t or full
@@ -212,16 +220,63 @@ def prepare_sweep(opts: SweepOptions) -> tuple[SweepSpec, Any]:
     try:
         save_spec(spec)  # for a URI storage: the upload that claims the name there
     except OSError as exc:
-        if isinstance(storage, str):
-            import shutil
+        import shutil
 
-            shutil.rmtree(path, ignore_errors=True)  # nothing half-made is left behind
+        # Nothing half-made is left behind (e.g. a full disk): the name stays free.
+        shutil.rmtree(path, ignore_errors=True)
+        if isinstance(storage, str):
             raise InputError(f"cannot write {spec.uri}/seltune/sweep.json "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
                              field="--storage", value=storage,
                              expected=EXPECTED_STORAGE) from None
         raise
     return spec, bundle
+
+
+def _check_storage_dir(storage: Path, given: Any) -> None:
+    """``--storage`` must be a directory or a path that can become one: a regular file
+    there, or above it, would fail deep inside ``mkdir`` with a traceback."""
+    from core.atomic import check_parents_are_dirs
+
+    if storage.exists() and not storage.is_dir():
+        raise InputError("is a regular file, not a directory", field="--storage",
+                         value=str(given), expected="a directory for the experiments "
+                         "(or a path where one can be made)")
+    check_parents_are_dirs(Path(str(given)).expanduser() if given else storage, "--storage")
+
+
+def _num_groups(bundle: Any) -> int | None:
+    """How many groups the per-group metrics (``error_gK``, ``coverage_gK``) of a sweep
+    on ``bundle`` have: an expert bundle's count groups, a feature bundle's named or
+    numbered groups; None when the bundle does not say."""
+    groups = getattr(bundle, "num_groups", None)
+    if isinstance(groups, int):
+        return groups
+    names = getattr(bundle, "group_names", None)
+    if names:
+        return len(names)
+    top = -1
+    for split in (getattr(bundle, "splits", None) or {}).values():
+        g = getattr(split, "group", None)
+        if g is not None and len(g):
+            top = max(top, int(g.max()))
+    return top + 1 if top >= 0 else None
+
+
+def _check_group_metrics(metrics: list[str], bundle: Any, data: str) -> None:
+    """``--metric error_g7`` names group 7: the bundle must have it (otherwise the first
+    report lacks the metric and Tune stops the driver with a traceback)."""
+    import re
+
+    groups = _num_groups(bundle)
+    for m in metrics:
+        match = re.fullmatch(r"(coverage|error)_g(\d+)", m)
+        if match and (groups is None or int(match.group(2)) >= groups):
+            have = "no groups" if groups is None else f"{groups} groups"
+            names = "" if not groups else " (" + ", ".join(
+                f"{match.group(1)}_g{k}" for k in range(groups)) + ")"
+            raise InputError(f"the bundle {data} has {have}", field="--metric", value=m,
+                             expected=f"a metric of one of its groups{names}")
 
 
 def _operating_point(opts: SweepOptions, info, space, cli_fixed: dict[str, Any]) -> float:

@@ -209,11 +209,39 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     try:
         ray.init(address=address, logging_level=log_level, log_to_driver=True)
     except ConnectionError as exc:
+        if address != "auto" and _answers(address) and not _has_token():
+            # Something listens there and this process has no token: with Ray >= 2.60's
+            # default token authentication that is the cause, not a missing cluster.
+            raise InputError(
+                "a Ray cluster answers there but this process has no auth token "
+                "(RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH are not set)", field="--address",
+                value=address, expected="the cluster's token: for one `seltune cluster up` "
+                "started, eval \"$(seltune cluster env --dir DIR)\"; otherwise "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=FILE as on its nodes "
+                "(or RAY_AUTH_MODE=disabled if the cluster has no token)") from None
         raise InputError(f"cannot connect to Ray: {str(exc).splitlines()[0]}",
                          field="--address", value=address,
                          expected="a running Ray cluster (ray start --head ...)") from None
     return RayRuntime(address=address, started_local=False, temp_dir=None,
                       owns_temp_dir=False)
+
+
+def _has_token() -> bool:
+    """Whether this process carries Ray token-auth settings (or turned auth off)."""
+    return bool(os.environ.get("RAY_AUTH_MODE") or os.environ.get("RAY_AUTH_TOKEN")
+                or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+
+
+def _answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether a TCP connection to ``HOST:PORT`` is accepted (a GCS listens there)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ from tuning.sweep.space import DefineByRun, define_by_run
 # Ray-free study helpers that lived here; still imported from this module by the driver
 # (add_history), tuning.sweep.restart (fail_unfinished_trials) and older tests.
 from tuning.sweep.study import (
+    CONTINUED_ATTR,
     COVERAGE_GAP_ATTR,
     FIXED_ATTR,
     StudyWriteError,
@@ -337,6 +338,8 @@ class SeltuneOptunaSearch(OptunaSearch):
     def reconcile_with_study(self) -> list[int]:
         """After a restore: fail orphaned RUNNING study trials, mark finished ones.
 
+        A RUNNING trial that :func:`tuning.sweep.restart.continue_lost_trials` put back
+        into Ray's snapshot is adopted instead (same Optuna trial, same Ray id).
         Returns the Optuna trial numbers told FAIL.
         """
         known = {t._trial_id for t in self._ot_trials.values()}
@@ -344,6 +347,10 @@ class SeltuneOptunaSearch(OptunaSearch):
         study = self._study()
         for frozen in study.get_trials(deepcopy=False):
             if frozen.state != TrialState.RUNNING or frozen._trial_id in known:
+                continue
+            continued = frozen.user_attrs.get(CONTINUED_ATTR)
+            if continued is not None:  # put back into Ray's snapshot: the same trial goes on
+                self._ot_trials[continued] = optuna.trial.Trial(study, frozen._trial_id)
                 continue
             fail_orphan(study, frozen, "asked before a driver crash; never run")
             failed.append(frozen.number)

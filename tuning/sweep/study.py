@@ -245,6 +245,13 @@ def enqueue_points(study, points: list[dict[str, Any]], space_dict: dict[str, An
 COVERAGE_GAP_ATTR = "coverage_gap"
 
 
+#: The study trial attribute that marks a trial put back into Ray's snapshot by
+#: :func:`continue_lost_trials` (its value: the Ray trial id). The restored searcher
+#: adopts such a RUNNING trial instead of failing it as orphaned
+#: (:meth:`~tuning.sweep.searcher.SeltuneOptunaSearch.reconcile_with_study`).
+CONTINUED_ATTR = "seltune_continued"
+
+
 def fail_orphan(study: optuna.study.Study, frozen: optuna.trial.FrozenTrial,
                  why: str) -> None:
     """Tell FAIL a RUNNING study trial no Tune trial will finish, marked ``orphaned``."""

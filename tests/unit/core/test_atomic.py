@@ -68,3 +68,31 @@ def test_fault_point_is_off_unless_set(monkeypatch):
     import signal
 
     assert killed == [signal.SIGKILL]
+
+
+def test_a_killed_writers_temporaries_go_on_the_next_write(tmp_path):
+    """SIGKILL runs no cleanup: ``.NAME.tmp-PID-*`` of a dead PID is removed by the next
+    atomic write of NAME; a live process's temporary and other names stay."""
+    import os
+    import subprocess
+    import sys
+
+    from core.atomic import atomic_dir, remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.tmp-{dead.pid}-abc"
+    (stale / "checkpoint").mkdir(parents=True)
+    old = tmp_path / f".out.old-{dead.pid}-xyz"
+    old.mkdir()
+    live = tmp_path / f".out.tmp-{os.getpid()}-def"
+    live.mkdir()
+    other = tmp_path / f".other.tmp-{dead.pid}-ghi"
+    other.mkdir()
+    users = tmp_path / ".out.tmp-notes"
+    users.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "metrics.json").write_text("{}")
+    assert not stale.exists() and not old.exists()
+    assert live.exists() and other.exists() and users.exists()
+    assert remove_stale_temporaries(directory=tmp_path) == [other]

@@ -130,8 +130,13 @@ def test_bad_inputs(image_dir, dinov3_dir, tmp_path):
         extract_features(str(dinov3_dir), image_dir, tmp_path / "nope.csv")
     with pytest.raises(InputError, match="no such directory"):
         extract_features(str(dinov3_dir), tmp_path / "nodir", image_dir / "labels.csv")
-    with pytest.raises(InputError, match="cannot load backbone"):
+    # a missing local directory fails at once (not as a hub id after network retries)
+    with pytest.raises(InputError, match=r"--model=.*nomodel'?: no such directory"):
         extract_features(str(tmp_path / "nomodel"), image_dir, image_dir / "labels.csv")
+    not_a_model = tmp_path / "plain"
+    not_a_model.mkdir()
+    with pytest.raises(InputError, match=r"no config\.json"):
+        extract_features(str(not_a_model), image_dir, image_dir / "labels.csv")
     with pytest.raises(InputError, match="split-ratios"):
         parse_split_ratios("0.5,0.5")
     bad = tmp_path / "bad.csv"

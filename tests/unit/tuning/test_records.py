@@ -34,7 +34,8 @@ def test_trial_states_are_the_plain_strings():
     assert f"{TrialState.ERROR}" == str(TrialState.ERROR) == "ERROR"
     assert json.dumps({TrialState.LOST: [TrialState.PAUSED]}) == '{"LOST": ["PAUSED"]}'
     assert {s.value for s in TrialState} == {"PENDING", "RUNNING", "PAUSED", "TERMINATED",
-                                             "STOPPED", "ERROR", "INTERRUPTED", "LOST"}
+                                             "STOPPED", "ERROR", "INTERRUPTED", "LOST",
+                                             "REPLACED"}
 
 
 def _trial(tid, status="RUNNING", **last):

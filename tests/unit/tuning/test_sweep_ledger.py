@@ -8,6 +8,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 from sweep_specs import make_spec
 
 from tuning.experiment.layout import write_json
@@ -141,3 +142,32 @@ def test_fit_noting_interrupt_sees_tunes_sigint_handler_put_back():
     assert fit_noting_interrupt(FakeTuner(False)) is False
     assert fit_noting_interrupt(FakeTuner(True)) is True
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda t: [1, 2], "trials.t1"),
+    (lambda t: {**t, "status": 5}, "trials.t1.status=5"),
+    (lambda t: {**t, "iterations": "3"}, "trials.t1.iterations='3'"),
+    (lambda t: {**t, "config": []}, "trials.t1.config=[]"),
+    (lambda t: {**t, "history": {"x": {}}}, "trials.t1.history="),
+    (lambda t: {**t, "history": {"1": [0.1]}}, "trials.t1.history="),
+])
+def test_a_ledger_entry_of_the_wrong_type_is_one_line(tmp_path, edit, field):
+    """status, export and resume all read the ledger (the typed records): an entry edited
+    by hand (issue 15, defect 10) names the file and the entry's field, not a traceback."""
+    import json
+
+    from core.errors import InputError
+    from tuning.experiment.records import load_ledger
+
+    entry = {"trial_id": "t1", "order": 0, "status": "TERMINATED", "config": {},
+             "dir": "trial_t1", "iterations": 1, "error": None,
+             "history": {"1": {"augrc": 0.1, "checkpoint_dir_name": "checkpoint_000000"}}}
+    (tmp_path / "seltune").mkdir()
+    ledger = tmp_path / "seltune" / "trials.json"
+    ledger.write_text(json.dumps({"trials": {"t1": entry}}))
+    assert load_ledger(tmp_path).trials["t1"].to_dict() == entry
+    ledger.write_text(json.dumps({"trials": {"t1": edit(entry)}}))
+    with pytest.raises(InputError) as info:
+        load_ledger(tmp_path)
+    assert str(info.value).startswith(f"{ledger}: {field}"), str(info.value)

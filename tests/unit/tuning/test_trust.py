@@ -101,3 +101,28 @@ def test_a_snapshot_written_after_the_last_signature_is_not_read(tmp_path, capsy
     (exp / "experiment_state-S1.json").write_text('{"trial_data": [2]}')
     assert trusted_snapshot(make_spec(tmp_path, name="exp")) is False
     assert "experiment_state-S1.json: changed since it was signed" in capsys.readouterr().err
+
+
+def test_resume_in_object_storage_needs_trust(monkeypatch):
+    """Tune's pickles in a bucket are not signed: a resume refuses them in one line,
+    before Ray starts, unless --trust-experiment (issue 15, object storage)."""
+    import pytest
+    from sweep_specs import make_spec
+
+    from core.errors import InputError
+    from tuning.sweep import driver
+
+    spec = make_spec("s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http")
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before the trust check")
+
+    monkeypatch.setattr("tuning.sweep.runtime.ray_session", no_ray)
+    with pytest.raises(InputError) as info:
+        driver._fit(spec, None, resume=True, num_cpus=None, progress_interval=10.0)
+    msg = str(info.value)
+    assert msg.startswith("s3://bucket/runs/exp/tuner.pkl: in object storage")
+    assert msg.endswith("expected --trust-experiment if you trust everyone who can write there")
+    with pytest.raises(AssertionError, match="Ray started"):  # trusted: goes on to Ray
+        driver._fit(spec, None, resume=True, num_cpus=None, progress_interval=10.0,
+                    trust_experiment=True)

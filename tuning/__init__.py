@@ -8,7 +8,8 @@ sweep wrote. ``core`` and ``search_spaces`` never import it.
 - :mod:`tuning.results`: Ray-free readers of an experiment (status, export, the HTML
   report, baselines);
 - :mod:`tuning.trainables`: what each trainable is and how a trial runs it;
-- :mod:`tuning.cli`: the ``seltune`` command; :mod:`tuning.terminal`: its output helpers.
+- :mod:`tuning.cli`: the ``seltune`` command; :mod:`tuning.terminal`: its output helpers;
+  :mod:`tuning.options`: the options of ``seltune sweep``/``resume``, declared once.
 
 This package imports nothing itself. Ray is imported only by the modules of
 :mod:`tuning.sweep` (and the trial code in :mod:`tuning.trainables`); Optuna also by

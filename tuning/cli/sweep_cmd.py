@@ -3,8 +3,8 @@
 ``seltune sweep`` with no option that shapes the search runs the default sweep
 (argse-selective, its default space, the default synthetic bundle, at the default
 operating point, ``DEFAULT_SWEEP_SAMPLES`` trials). The arguments of ``sweep`` and
-``resume`` are generated from the fields of :class:`~tuning.sweep.options.SweepOptions`
-and :class:`~tuning.sweep.options.ResumeOptions` (names, types, defaults and help
+``resume`` are generated from the fields of :class:`~tuning.options.SweepOptions`
+and :class:`~tuning.options.ResumeOptions` (names, types, defaults and help
 declared there once), and the parsed arguments fill those dataclasses.
 """
 
@@ -19,15 +19,14 @@ from core.device import DEVICE_CHOICES
 from tuning.experiment.layout import experiment_local_dir, find_experiment
 from tuning.experiment.records import FINISHED, TrialState
 from tuning.experiment.spec import load_spec
-from tuning.results.export import export
-from tuning.results.status import experiment_status, print_status
-from tuning.sweep.options import (
+from tuning.options import (
     ResumeOptions,
     SweepOptions,
     cli_fields,
     field_type,
 )
-from tuning.sweep.resume import resume
+from tuning.results.export import export
+from tuning.results.status import experiment_status, print_status
 from tuning.terminal import print_json, print_train_result, stdout_to_stderr
 from tuning.trainables import TRAINABLES
 
@@ -55,7 +54,7 @@ stopping, every trial runs its full schedule; status/export give the Pareto fron
 def add_options(parser: argparse.ArgumentParser, cls: type,
                 choices: dict[str, tuple[str, ...]] | None = None) -> None:
     """One argument per command-line field of options dataclass ``cls``
-    (:func:`tuning.sweep.options.option`), its default the field's; ``choices`` adds
+    (:func:`tuning.options.option`), its default the field's; ``choices`` adds
     choices by field name."""
     choices = choices or {}
     defaults = cls()
@@ -159,6 +158,9 @@ def _exit_code(status: dict) -> int:
 
 
 def run_resume_cmd(args: argparse.Namespace) -> int:
+    # tuning.sweep stays unloaded by the Ray-free commands (status, export, --help).
+    from tuning.sweep.resume import resume
+
     opts = options_from_args(ResumeOptions, args)
     with stdout_to_stderr(args.json):
         status = resume(args.experiment, **dataclasses.asdict(opts))

@@ -1,4 +1,4 @@
-"""The sweep options are declared once (``tuning.sweep.options``); the CLI is generated
+"""The sweep options are declared once (``tuning.options``); the CLI is generated
 from them and fills the dataclass. No Ray is imported or started."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tuning.cli import build_parser
 from tuning.cli.sweep_cmd import options_from_args
-from tuning.sweep.options import (
+from tuning.options import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_NUM_SAMPLES,
     DEFAULT_REDUCTION_FACTOR,
@@ -87,10 +87,10 @@ def test_resume_options_are_the_keywords_of_resume():
         assert getattr(ResumeOptions(), name) == params[name].default, name
 
 
-def test_sweep_help_imports_neither_ray_nor_torch_nor_optuna():
+def test_sweep_help_imports_neither_ray_nor_torch_nor_optuna_nor_the_sweep_package():
     code = ("import sys\nfrom tuning.cli import main\n"
             "try:\n    main(['sweep', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('ray', 'torch', 'optuna', 'sqlalchemy') "
+            "print(sorted(m for m in ('ray', 'torch', 'optuna', 'sqlalchemy', 'tuning.sweep') "
             "if m in sys.modules))\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)

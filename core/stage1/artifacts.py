@@ -28,7 +28,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,9 +43,24 @@ from core.stage1.data import prepare_data
 from core.stage1.evaluation import Stage1Calibration, evaluate_model
 from core.stage1.gate_calibration import LOGIT_EPS, GateCalibrator, ScoreCombiner
 from core.stage1.head import Stage1Head
+from core.stage1.losses import build_loss
 
-if TYPE_CHECKING:
-    from core.stage1.train import Stage1Result
+
+class TrainedHead(Protocol):
+    """What :func:`save_artifacts` writes: a :class:`core.stage1.train.Stage1Result`,
+    named structurally so this module never imports the training module that saves
+    through it."""
+
+    config: Stage1Config
+    model: Stage1Head
+    calibration: Stage1Calibration
+    class_weights: np.ndarray | None
+    num_groups: int | None
+    val: dict[str, float]
+    test: dict[str, float] | None
+    baselines: dict[str, dict[str, dict[str, float]]]
+    best_epoch: int
+    epochs_run: int
 
 HEAD_FILE = "stage1_head.pth"
 GATE_FILE = "gate_calibrator.json"
@@ -91,7 +106,7 @@ class Stage1Artifacts:
     num_groups: int | None
 
 
-def save_artifacts(result: Stage1Result, out: str | Path, overwrite: bool = False) -> Path:
+def save_artifacts(result: TrainedHead, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``result``'s model, calibrators, threshold and config to ``out`` atomically."""
     cal = result.calibration
     model = result.model
@@ -248,7 +263,6 @@ def evaluate_checkpoint(path: str | Path, bundle: Any, split: str = "test",
         "maxlogit": {...}, "softmax_confidence": {...}}}`` (``softmax_confidence`` is
         ``msp`` under its old name).
     """
-    from core.stage1.train import build_loss
 
     dev = resolve_device(device)
     art = load_artifacts(path, dev)

@@ -12,9 +12,16 @@ Both honour label smoothing and class weights through :func:`per_sample_ce`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # annotations only: the config module imports nothing of torch
+    import numpy as np
+
+    from core.stage1.config import Stage1Config
 
 
 def per_sample_ce(logits: torch.Tensor, labels: torch.Tensor,
@@ -116,3 +123,13 @@ class Stage1Loss(nn.Module):
                                  target_coverage=self.target_coverage, lam=self.sn_lambda,
                                  alpha=self.sn_alpha, class_weights=cw,
                                  label_smoothing=self.label_smoothing)
+
+
+def build_loss(config: Stage1Config, class_weights: np.ndarray | None,
+               device: torch.device | str = "cpu") -> Stage1Loss:
+    """The loss of ``config`` (``class_weights``: [C] float32 or None), on ``device``."""
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    return Stage1Loss(config.loss, gate_weight=config.gate_weight,
+                      target_coverage=config.target_coverage, sn_lambda=config.sn_lambda,
+                      sn_alpha=config.sn_alpha, label_smoothing=config.label_smoothing,
+                      class_weights=cw).to(device)

@@ -50,7 +50,7 @@ from core.stage1.evaluation import (
     model_outputs,
 )
 from core.stage1.head import Stage1Head
-from core.stage1.losses import Stage1Loss
+from core.stage1.losses import build_loss
 
 ReportFn = Callable[[dict[str, float], str], None]
 STATE_FILE = "state.pt"
@@ -117,15 +117,6 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
     return w.astype(np.float32)
-
-
-def build_loss(config: Stage1Config, class_weights: np.ndarray | None,
-               device: torch.device | str = "cpu") -> Stage1Loss:
-    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    return Stage1Loss(config.loss, gate_weight=config.gate_weight,
-                      target_coverage=config.target_coverage, sn_lambda=config.sn_lambda,
-                      sn_alpha=config.sn_alpha, label_smoothing=config.label_smoothing,
-                      class_weights=cw).to(device)
 
 
 def build_model(config: Stage1Config, feature_dim: int, num_classes: int) -> Stage1Head:

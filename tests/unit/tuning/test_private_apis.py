@@ -324,6 +324,57 @@ def _trial_fs_path():
     return isinstance(inspect.getattr_static(StorageContext, "trial_fs_path"), property)
 
 
+# --------------------------------------------------------------------------- Ray's trial snapshot
+# tuning.sweep.restart.continue_lost_trials writes a trial the dead driver had started
+# after Ray's last snapshot back into that snapshot, so Tuner.restore continues it.
+@relies_on("ray.train._internal.checkpoint_manager._CheckpointManager(checkpoint_config=)"
+           ".register_checkpoint", "tuning.sweep.restart.continue_lost_trials: the lost "
+           "trial's last checkpoint, registered so the restored trial resumes from it")
+def _checkpoint_manager() -> bool:
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    return ("checkpoint_config" in inspect.signature(_CheckpointManager).parameters
+            and hasattr(_CheckpointManager, "register_checkpoint"))
+
+
+@relies_on("ray.train._internal.session._TrainingResult(checkpoint=, metrics=)",
+           "tuning.sweep.restart.continue_lost_trials: what register_checkpoint takes")
+def _training_result() -> bool:
+    from ray.train._internal.session import _TrainingResult
+
+    params = inspect.signature(_TrainingResult).parameters
+    return "checkpoint" in params and "metrics" in params
+
+
+@relies_on("ray.tune.trainable.metadata._TrainingRunMetadata (from_json_state, "
+           "checkpoint_manager, last_result, start_time)",
+           "tuning.sweep.restart.continue_lost_trials: the run metadata of a trial put "
+           "back into the snapshot")
+def _run_metadata() -> bool:
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    meta = _TrainingRunMetadata()
+    return (hasattr(_TrainingRunMetadata, "from_json_state")
+            and all(hasattr(meta, a) for a in ("checkpoint_manager", "last_result",
+                                                "start_time")))
+
+
+@relies_on("Trial.from_json_state(stub=), get_json_state, invalidate_json_state, "
+           "_Trial__unresolved_config, storage.trial_dir_name / current_checkpoint_index",
+           "tuning.sweep.restart.continue_lost_trials: a trial rebuilt from the "
+           "snapshot's first trial, with the lost trial's id, config and directory")
+def _trial_json_state() -> bool:
+    from ray.tune.experiment import Trial
+
+    ok = ("stub" in inspect.signature(Trial.from_json_state).parameters
+          and all(hasattr(Trial, a) for a in ("get_json_state", "invalidate_json_state")))
+    source = inspect.getsource(Trial)
+    return ok and "__unresolved_config" in source and "trial_dir_name" in inspect.getsource(
+        __import__("ray.train._internal.storage", fromlist=["StorageContext"]).StorageContext) \
+        and "current_checkpoint_index" in inspect.getsource(
+            __import__("ray.train._internal.storage", fromlist=["StorageContext"]).StorageContext)
+
+
 # --------------------------------------------------------------------------- the test
 @pytest.mark.parametrize("name,where,check", CHECKS, ids=[c[2].__name__ for c in CHECKS])
 def test_private_api_still_there(name, where, check):
@@ -351,5 +402,7 @@ def test_the_seltune_code_still_uses_what_is_checked():
                    "_global_node", "all_processes", "get_session_dir_path",
                    "PROCESS_TYPE_MONITOR", "ENABLE_RAY_CLUSTER", "DEFAULT_ENV_VARS",
                    "_temp_dir", "_node_ip_address", "_system_config", "experiment_state-",
-                   "search_gen_state-", "searcher-state-", "trial_fs_path"):
+                   "search_gen_state-", "searcher-state-", "trial_fs_path",
+                   "_CheckpointManager", "_TrainingResult", "_TrainingRunMetadata",
+                   "_Trial__unresolved_config", "current_checkpoint_index"):
         assert needle in code, f"{needle} is checked in {__file__} but no longer used"

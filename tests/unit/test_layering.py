@@ -83,3 +83,62 @@ def test_sweep_driver_validates_without_torch(tmp_path):
                        timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "False"
+
+
+def _house():
+    """``scripts/house_numbers.py`` (the graph code is shared with that report)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("house_numbers",
+                                                  ROOT / "scripts" / "house_numbers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_import_cycles():
+    """Every import counts (function-local and ``TYPE_CHECKING`` ones too): a cycle hidden
+    behind a local import still ties two modules into one."""
+    house = _house()
+    found = house.cycles(house.module_graph(ROOT))
+    assert not found, f"import cycles among product modules: {found}"
+
+
+def test_library_code_never_imports_the_cli():
+    house = _house()
+    found = house.cli_imports(house.module_graph(ROOT))
+    assert not found, f"library modules import tuning.cli: {found}"
+
+
+@pytest.mark.parametrize("package", ["tuning/experiment", "tuning/results"])
+def test_results_layer_never_imports_ray_or_the_sweep(package):
+    """What reads a sweep's files (status, export, report) works without Ray."""
+    imports = _imported_modules(package)
+    bad = {m: f for m, f in imports.items()
+           if m.split(".")[0] == "ray" or m == "tuning.sweep" or m.startswith("tuning.sweep.")}
+    assert not bad, f"{package} imports {bad}"
+
+
+def test_cycle_finder_sees_a_cycle_behind_a_local_import(tmp_path):
+    house = _house()
+    (tmp_path / "core").mkdir()
+    (tmp_path / "core" / "__init__.py").write_text("")
+    (tmp_path / "core" / "a.py").write_text("from core.b import f\n")
+    (tmp_path / "core" / "b.py").write_text("def f():\n    from core import a\n")
+    assert house.cycles(house.module_graph(tmp_path)) == [["core.a", "core.b"]]
+
+
+def _imported_modules(package: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name, str(path.relative_to(ROOT)))
+    return found

@@ -1,6 +1,6 @@
 """Stage-1 quality on the default synthetic bundle, with the default config (no Ray).
 
-ALGORITHMS.md §3 / issue 4: the calibrated learned gate must be a better exit score
+docs/METHODS.md §4: the calibrated learned gate must be a better exit score
 than max-softmax (lower test AUGRC), the coverage threshold fit on ``val_calib`` must
 transfer to ``test`` (within 0.03 of the target) and post-hoc calibration must lower
 ECE. One full default training (15 epochs on 6000 x 64 features): tens of seconds on a

@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md: tuning -> core, tuning -> search_spaces.
+"""The dependency direction of docs/ARCHITECTURE.md: tuning -> core, tuning -> search_spaces.
 
 core/ and search_spaces/ never import ray, optuna or tuning; search_spaces is stdlib only.
 """

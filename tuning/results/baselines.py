@@ -1,8 +1,7 @@
 """The training-free baselines of a sweep, at its operating point (``seltune/baselines.json``).
 
 Fit once per sweep, before the first trial, on the sweep's own data and operating point,
-so every trial is shown beside the rules it has to beat (ALGORITHMS.md §5 of the
-method notes, ``docs`` in the README):
+so every trial is shown beside the rules it has to beat (docs/METHODS.md §6):
 
 - AR-GSE trainables: Chow's rule on each expert and on the uniform mixture,
   Plug-in[Balanced] and Plug-in[Worst] (:mod:`core.argse.baselines`: temperatures and

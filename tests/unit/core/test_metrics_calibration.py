@@ -1,4 +1,4 @@
-"""ECE, classwise-ECE, NLL, Brier and accuracy (ALGORITHMS.md §4)."""
+"""ECE, classwise-ECE, NLL, Brier and accuracy (docs/METHODS.md §5)."""
 
 from __future__ import annotations
 

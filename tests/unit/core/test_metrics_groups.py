@@ -1,5 +1,5 @@
 """Group-aware selective metrics: per-group coverage and error, balanced / worst-group
-error, their curves over rejection rates and the areas (ALGORITHMS.md §2, §4)."""
+error, their curves over rejection rates and the areas (docs/METHODS.md §3, §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metric names and directions live in one place (DESIGN.md "Conventions")."""
+"""Metric names and directions live in one place (``core/metrics/names.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Risk-coverage curve, AUGRC, AURC, risk@coverage, coverage@risk (ALGORITHMS.md §4).
+"""Risk-coverage curve, AUGRC, AURC, risk@coverage, coverage@risk (docs/METHODS.md §5).
 
 Known answers are worked out by hand in the comments; the property tests compare with a
 direct O(N^2) reading of the definitions and check the invariants of Traub et al.

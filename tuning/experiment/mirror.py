@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from core.synth import cache_root  # one cache for default bundles and mirrors
 
 #: What ``--storage`` may be; the tail of every error about a storage value.
 EXPECTED_STORAGE = ("a directory path, or a URI pyarrow can open and the driver can "
@@ -84,12 +85,6 @@ def split_experiment(uri: str) -> tuple[str, str]:
         raise InputError("no experiment name in the URI", field="EXPERIMENT", value=uri,
                          expected="SCHEME://BUCKET/PREFIX/NAME (or NAME with --storage URI)")
     return f"{scheme}://{parent}" + (f"?{query}" if query else ""), name
-
-
-def cache_root() -> Path:
-    """``$SELTUNE_CACHE`` if set, else ``~/.cache/seltune`` (as :func:`core.synth.cache_root`)."""
-    env = os.environ.get("SELTUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "seltune"
 
 
 def mirror_dir(storage: str, name: str) -> Path:

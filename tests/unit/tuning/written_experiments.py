@@ -67,8 +67,8 @@ def write_experiment(tmp: Path, trainable: str, coverage: float = 0.7, *,
         history[str(it)] = {**_scalars(metrics), "training_iteration": it,
                             "checkpoint_dir_name": name}
 
-    info.train_function(info.build_config(config), bundle, report, device="cpu",
-                        workdir=tmp / "work")
+    info.train(info.build_config(config), bundle, report, device="cpu",
+               workdir=tmp / "work")
     write_json(exp / "seltune" / "trials.json", {"trials": {"a": {
         "trial_id": "a", "order": 0, "status": "TERMINATED", "config": {}, "dir": "trial_a",
         "iterations": len(history), "error": None, "history": history}}})

@@ -14,29 +14,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy / torch scalars and arrays, Paths and tuples to plain JSON types.
-
-    Non-finite floats become ``None`` so the output is strict JSON.
-    """
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if hasattr(obj, "tolist") and type(obj).__module__.startswith("torch"):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
+from core.jsonable import to_jsonable
 
 
 @contextlib.contextmanager

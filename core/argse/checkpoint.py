@@ -24,6 +24,7 @@ import torch
 
 from core.atomic import atomic_file
 from core.errors import InputError
+from core.jsonable import to_jsonable
 
 PRETRAIN_FILE = "gating_pretrained.ckpt"
 SELECTIVE_FILE = "gating_selective.ckpt"
@@ -46,27 +47,8 @@ def save_torch(obj: Any, path: str | Path) -> Path:
 def save_json(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        try:
-            return _jsonable(obj.item())
-        except (TypeError, ValueError):
-            pass
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:

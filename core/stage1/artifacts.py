@@ -37,6 +37,7 @@ from core.atomic import atomic_dir
 from core.config import config_from_dict, config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
+from core.jsonable import to_jsonable
 from core.stage1.calibration import ClassCalibrator
 from core.stage1.config import Stage1Config, upgrade_config_dict
 from core.stage1.data import prepare_data
@@ -79,19 +80,6 @@ def _threshold_from_probability(tau: float) -> float:
 
 def calibrator_file(kind: str) -> str:
     return f"calibrator_{kind}.pth"
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy (non-finite floats -> None)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return _plain(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 @dataclasses.dataclass
@@ -139,7 +127,7 @@ def save_artifacts(result: TrainedHead, out: str | Path, overwrite: bool = False
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(result.config), indent=2))
         metrics = {"val": result.val, "test": result.test, "baselines": result.baselines,
                    "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-        (tmp / METRICS_FILE).write_text(json.dumps(_plain(metrics), indent=2))
+        (tmp / METRICS_FILE).write_text(json.dumps(to_jsonable(metrics), indent=2))
     return out
 
 

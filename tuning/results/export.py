@@ -52,6 +52,7 @@ from typing import Any
 from core.atomic import atomic_dir, check_output_path
 from core.config import config_to_dict
 from core.errors import InputError
+from core.jsonable import to_jsonable
 from tuning.experiment.layout import find_experiment
 from tuning.experiment.mirror import download_dir, exists, join_uri, open_storage
 from tuning.experiment.records import (
@@ -67,7 +68,7 @@ from tuning.results.baselines import verdicts
 from tuning.results.html_report import logged_to_stderr, write_report
 from tuning.results.selection import max_gap_of, select_best
 from tuning.results.status import sweep_status
-from tuning.terminal import progress, to_jsonable
+from tuning.terminal import progress
 from tuning.trainables import get_trainable, load_checked_bundle
 from tuning.trainables.base import RuleScores
 

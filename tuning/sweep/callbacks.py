@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.atomic import fault_point
+from core.jsonable import scalar_metrics
 from tuning.experiment.layout import running_experiment, seltune_dir
 from tuning.experiment.mirror import publish
 from tuning.experiment.records import Ledger, LedgerEntry, TrialState, load_ledger, save_ledger
@@ -39,18 +40,6 @@ def ledger_status(ray_status: str, previous: str | None) -> TrialState:
     if ray_status == TrialState.TERMINATED and previous != TrialState.TERMINATED:
         return INTERRUPTED
     return TrialState(ray_status)
-
-
-def _metrics_of(result: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in result.items():
-        if key in _RAY_KEYS:
-            continue
-        if isinstance(value, bool):
-            value = int(value)
-        if isinstance(value, (int, float, str)) or value is None:
-            out[key] = value
-    return out
 
 
 def _trial_config(trial) -> dict[str, Any]:
@@ -180,7 +169,7 @@ class LedgerCallback(_CallbackBase):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         entry = self._entry(trial)
         it = int(result.get("training_iteration", 0))
-        entry.history[str(it)] = _metrics_of(result)
+        entry.history[str(it)] = scalar_metrics(result, skip=_RAY_KEYS, keep_none=True)
         entry.iterations = max(entry.iterations, it)
         entry.status = TrialState(trial.status)
         self._write()  # throttled; on_step_end flushes the rest

@@ -32,23 +32,9 @@ import sys
 import tempfile
 from typing import Any
 
+from core.jsonable import scalar_metrics
 from tuning.results.baselines import gap
 from tuning.trainables import TRAINABLES, get_trainable
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Keep the scalar metrics (numpy / torch scalars become Python numbers)."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-            value = value.item()
-        if isinstance(value, bool):
-            out[key] = int(value)
-        elif isinstance(value, (int, float)):
-            out[key] = value
-        elif isinstance(value, str):
-            out[key] = value
-    return out
 
 
 def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dict[str, Any],
@@ -67,7 +53,7 @@ def run_trial(config: dict[str, Any], *, trainable: str, bundle: Any, fixed: dic
     objective = (baselines or {}).get("metric")
 
     def report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
-        out = _scalar_metrics(metrics)
+        out = scalar_metrics(metrics)
         g = gap(out.get(objective), baselines, out) if objective else None
         if g is not None:  # beside every report: how far from the strongest baseline
             out["gap_to_best_baseline"] = g

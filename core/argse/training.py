@@ -19,6 +19,7 @@ import torch
 
 from core.argse.checkpoint import LOGS_FILE, STATE_FILE, save_json, save_torch
 from core.errors import InputError
+from core.rng import rng_state, set_rng_state  # noqa: F401  (re-exported to the trainers)
 
 Report = Callable[[dict[str, float], str], None]
 
@@ -47,21 +48,6 @@ class ArgseResult:
     alpha: list[float] = field(default_factory=list)
     mu: list[float] = field(default_factory=list)
     t: list[float] = field(default_factory=list)
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {"generator": generator.get_state(),
-                             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class CheckpointWriter:

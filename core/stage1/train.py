@@ -39,6 +39,7 @@ from core.atomic import atomic_dir
 from core.config import config_from_dict, config_to_dict
 from core.device import resolve_device
 from core.errors import InputError
+from core.rng import rng_state, set_rng_state
 from core.stage1.config import LEGACY_FIELDS, Stage1Config, resolve_ema_decay
 from core.stage1.data import Stage1Data, prepare_data
 from core.stage1.evaluation import (
@@ -193,20 +194,6 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
@@ -331,7 +318,7 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
         bad_epochs = int(resume_state["bad_epochs"])
         stopped = bool(resume_state["stopped"])
         history = [dict(h) for h in resume_state["history"]]
-        _set_rng_state(resume_state["rng"], gen)
+        set_rng_state(gen, resume_state["rng"], key="shuffle")
 
     x_train = torch.as_tensor(train.features).to(dev)
     y_train = torch.as_tensor(train.labels).to(dev)
@@ -381,7 +368,7 @@ def train_stage1(config: Stage1Config | dict[str, Any] | None, bundle: Any,
                     "bad_epochs": bad_epochs,
                     "stopped": stopped,
                     "history": history,
-                    "rng": _rng_state(gen),
+                    "rng": rng_state(gen, key="shuffle"),
                 }
                 with atomic_dir(ckpt, overwrite=True) as tmp:
                     torch.save(state, tmp / STATE_FILE)

@@ -26,6 +26,8 @@ from core.bundles import ExpertBundle, ExpertSplit
 from tuning.experiment.records import ExportMetrics, Ledger, SweepStatus
 from tuning.experiment.spec import SweepSpec
 from tuning.results import html_report as R
+from tuning.trainables import get_trainable
+from tuning.trainables.base import RuleScores
 
 COVERAGE = 0.7
 
@@ -159,8 +161,9 @@ def build_report_inputs(tmp: Path, *, complete: int = 6, n_trials: int = 9) -> d
                              "value": ledger.trials["t02"].history["2"][
                                  "worst_group_error"], "experiment": "/x/exp"})
 
-    def rule_scores(split: str, coverage: float) -> R.RuleScores:  # as export scores
-        return R.argse_scores(bundle, ckpt, coverage, split, "cpu")
+    def rule_scores(split: str, coverage: float) -> RuleScores:  # as export scores
+        return get_trainable("argse-selective").rule_scores(
+            bundle, ckpt, split, coverage=coverage, device="cpu", baselines=())
 
     return dict(spec=spec, status=status, ledger=ledger, result=ExportMetrics.from_dict(result),
                 rule_scores=rule_scores, pareto=None, metric="worst_group_error", mode="min")
@@ -427,8 +430,8 @@ def test_stage1_report_draws_the_exit_score_against_its_baselines(tmp_path):
     names = list(result["baselines"]["test"])
     text = R.write_report(tmp_path / "out", spec=spec, status=status, ledger=ledger,
                           result=ExportMetrics.from_dict(result),
-                          rule_scores=lambda split, c: R.stage1_scores(bundle, ckpt, split,
-                                                                       "cpu", names),
+                          rule_scores=lambda split, c: get_trainable("stage1").rule_scores(
+                              bundle, ckpt, split, coverage=c, device="cpu", baselines=names),
                           pareto=None, metric="worst_group_error", mode="min").read_text()
     assert "could not be drawn" not in text
     assert (tmp_path / "out" / R.REPORT_DIR / "group_error_curves.png").is_file()

@@ -91,5 +91,27 @@ def run(args: argparse.Namespace) -> int:
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     if kind == "argse":
         check_argse_expert_order(args.checkpoint, args.data)
+        return _evaluate_argse(args)
     module = {"argse": "tuning.cli.train_argse", "stage1": "tuning.cli.train_stage1"}[kind]
     return int(importlib.import_module(module).run_evaluate(args))
+
+
+def _evaluate_argse(args: argparse.Namespace) -> int:
+    """``train_argse.run_evaluate`` with a progress bar (stderr) over the split's rows."""
+    from core.argse import load_predictor, model_metrics
+    from core.bundles import load_expert_bundle
+    from tuning.terminal import print_metrics, progress
+
+    predictor = load_predictor(args.checkpoint, args.device)
+    bundle = load_expert_bundle(args.data)
+    with progress() as bar:
+        task = bar.add_task(f"evaluate {args.split}", total=None, status="")
+        try:
+            metrics = model_metrics(
+                predictor, bundle, args.split,
+                on_step=lambda done, total: bar.update(task, completed=done, total=total))
+        except BaseException:
+            bar.update(task, visible=False)  # an error stays one line
+            raise
+    print_metrics(args.split, metrics, args.json)
+    return 0

@@ -8,6 +8,7 @@ split and index them per batch.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _EPS = 1e-8
 
@@ -53,16 +54,8 @@ class GatingFeatureBuilder:
         else:  # only when top_k == 1
             top_gap = torch.zeros_like(max_probs)
         mean_post = probs.mean(dim=1)
-        # cosine and KL to the mean from row-wise dot products ([B, E, C] @ [B, C, 1]):
-        # the same values as F.cosine_similarity and the elementwise KL (to rounding),
-        # without their [B, E, C] temporaries (these two were a third of featurising)
-        dot = torch.bmm(probs, mean_post.unsqueeze(2)).squeeze(2)  # [B, E]
-        p_norm = probs.norm(dim=-1)  # [B, E]
-        m_norm = mean_post.norm(dim=-1, keepdim=True)  # [B, 1]
-        norms = p_norm * m_norm
-        cosine = dot / norms.clamp_min(_EPS)
-        log_mean = torch.log(mean_post + _EPS)
-        kl_to_mean = -entropy - torch.bmm(probs, log_mean.unsqueeze(2)).squeeze(2)
+        cosine = F.cosine_similarity(probs, mean_post.unsqueeze(1), dim=-1)
+        kl_to_mean = (probs * (log_p - torch.log(mean_post.unsqueeze(1) + _EPS))).sum(-1)
         mean_entropy = -(mean_post * torch.log(mean_post + _EPS)).sum(-1)
         if num_experts >= 2:
             # unbiased variance across experts, as torch.var(dim=1) but ~10x faster on

@@ -5,12 +5,23 @@ as it was before issue 12 (a ``git worktree`` of ``--old-commit``), each step in
 subprocess with one torch thread (wall time, and the peak RSS of that process from
 ``getrusage(RUSAGE_SELF).ru_maxrss``):
 
+The new code reads the bundle in format 2 (``.npy``, memory-mapped), the old code the
+same arrays rewritten in format 1 (Parquet), which is all it reads.
+
 - ``load``: ``core.bundles.load_bundle`` (and a pass over every logit, so lazily
   mapped pages count);
 - ``train``: one default selective training (``train_selective`` with the default
   ``SelectiveConfig``, no report callback, CPU), the load excluded from its wall time;
 - ``baselines``: ``fit_baselines`` + ``baseline_metrics`` on ``val`` and ``test`` at
   coverage 0.7, the load excluded;
+- ``cli``: ``seltune train argse-selective`` end to end (``/usr/bin/time -v``: wall and
+  peak RSS; load, training with a report per cycle, val/test metrics, the baselines,
+  the files), new code only;
+- ``sweep`` (``--sweep``): ``seltune sweep --num-samples 4 --max-concurrent 2`` with a
+  private ``RAY_TMPDIR`` / ``SELTUNE_STORAGE`` / ``SELTUNE_CACHE`` in the temp dir, new
+  code only: wall, the driver's peak RSS, the largest trial time (from the ledger's
+  start/end times where present), and whether the machine swapped (``/proc/vmstat``
+  ``pswpout`` before/after) or a process was OOM-killed (non-zero exit);
 - ``rules``: the rule evaluation alone: the plug-in margins of the 41 ``mu`` grid
   candidates on ``tunev`` (one ``_batched_margins`` call, the inner loop of every
   power / EG step), old O(N·M·C) vs new O(N·M·K); the one-off O(N·C) grouping of the
@@ -37,6 +48,7 @@ Usage::
     python benchmarks/scale.py                      # imagenet-lt, old and new (~10 min)
     python benchmarks/scale.py --shape both         # + inat2018 (new code; old: load, rules)
     python benchmarks/scale.py --skip-old           # new code only
+    python benchmarks/scale.py --shape inat2018 --skip-old --cli --sweep
 """
 
 from __future__ import annotations
@@ -214,6 +226,77 @@ def _rules(bundle) -> dict:
     return out
 
 
+def _time_v(cmd: list[str], env: dict, timeout: float) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: wall, peak RSS (of the largest process
+    of the tree that time waited for: the command itself), exit status."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True,
+                              text=True, timeout=timeout, cwd=str(REPO))
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    out: dict = {"wall_s": time.perf_counter() - t0, "exit": proc.returncode}
+    for line in proc.stderr.splitlines():
+        if "Maximum resident set size" in line:
+            out["peak_rss_mb"] = int(line.split(":")[-1]) / 1024.0
+        elif "User time" in line:
+            out["user_s"] = float(line.split(":")[-1])
+        elif "System time" in line:
+            out["sys_s"] = float(line.split(":")[-1])
+    if proc.returncode != 0:
+        out["error"] = f"exit {proc.returncode}: " + " | ".join(
+            [x for x in proc.stderr.splitlines() if "seltune" in x][-2:])
+    return out
+
+
+def _pswpout() -> int:
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("pswpout "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def run_cli(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
+    """``seltune train argse-selective --data BUNDLE`` end to end (new code)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return _time_v([sys.executable, "-m", "tuning.cli", "train", "argse-selective", "--data",
+                    str(bundle_dir), "--out", str(tmp / "cli-train"), "--overwrite",
+                    "--json"], env, timeout)
+
+
+def run_sweep(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
+    """A 4-trial sweep with 2 concurrent trials in a private Ray / storage / cache."""
+    priv = tmp / "sweep"
+    for d in ("ray", "storage", "cache"):
+        (priv / d).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_TMPDIR=str(priv / "ray"),
+               SELTUNE_STORAGE=str(priv / "storage"), SELTUNE_CACHE=str(priv / "cache"),
+               RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    before = _pswpout()
+    res = _time_v([sys.executable, "-m", "tuning.cli", "sweep", "--data", str(bundle_dir),
+                   "--num-samples", "4", "--max-concurrent", "2", "--storage",
+                   str(priv / "storage"), "--name", "scale", "--json"], env, timeout)
+    after = _pswpout()
+    res["swapped_pages"] = (after - before) if before >= 0 and after >= 0 else None
+    res["trial_s"] = _trial_times(priv / "storage" / "scale")
+    return res
+
+
+def _trial_times(exp: Path) -> list[float]:
+    """Per-trial wall times from the trials' result.json (last minus first report
+    time plus the first report's time_this_iter), where Tune wrote them."""
+    times = []
+    for f in sorted(exp.glob("**/result.json")):
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if rows and "time_total_s" in rows[-1]:
+            times.append(float(rows[-1]["time_total_s"]))
+    return times
+
+
 def run_step(code: Path, name: str, bundle_dir: Path, full_old: bool, timeout: float) -> dict:
     """``name`` in a fresh interpreter importing ``core`` from ``code``."""
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -261,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="scale every split's rows (for a quick try)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per step, seconds")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cli", action="store_true",
+                    help="also time `seltune train argse-selective` end to end (new code)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also run a 4-trial sweep, 2 concurrent (new code)")
     args = ap.parse_args(argv)
     shapes = ["imagenet-lt", "inat2018"] if args.shape == "both" else [args.shape]
     sys.path.insert(0, str(REPO))
@@ -277,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                 size = sum(f.stat().st_size for f in bdir.iterdir()) / 2**30
                 print(f"[{shape}] bundle made in {time.perf_counter() - t0:.0f} s, "
                       f"{size:.2f} GB on disk", flush=True)
+                bdir_old = bdir
+                if not args.skip_old:
+                    # the old code reads format 1 (Parquet) only: the same arrays, rewritten
+                    from core.bundles import load_bundle, save_bundle_v1
+
+                    bdir_old = save_bundle_v1(load_bundle(bdir), Path(tmp) / f"{shape}-v1")
                 steps = ["load", "rules", "train", "baselines"]
                 res: dict = {"disk_gb": size, "new": {}, "old": {}}
                 for step in steps:
@@ -286,10 +379,20 @@ def main(argv: list[str] | None = None) -> int:
                     old_ok = not args.skip_old and (shape == "imagenet-lt" or args.full_old
                                                     or step in ("load", "rules"))
                     if old_ok:
-                        res["old"][step] = run_step(old, step, bdir, args.full_old,
+                        res["old"][step] = run_step(old, step, bdir_old, args.full_old,
                                                     args.timeout)
                         print(f"[{shape}] old {step}: {_fmt(res['old'][step])}, "
                               f"{_rss(res['old'][step])}", flush=True)
+                if args.cli:
+                    res["new"]["cli"] = run_cli(bdir, Path(tmp), args.timeout)
+                    print(f"[{shape}] new cli: {_fmt(res['new']['cli'])}, "
+                          f"{_rss(res['new']['cli'])}", flush=True)
+                if args.sweep:
+                    res["new"]["sweep"] = run_sweep(bdir, Path(tmp), args.timeout)
+                    sw = res["new"]["sweep"]
+                    print(f"[{shape}] new sweep (4 trials, 2 concurrent): {_fmt(sw)}, "
+                          f"driver {_rss(sw)}, trials {sw.get('trial_s')}, "
+                          f"swapped pages {sw.get('swapped_pages')}", flush=True)
                 o, n = res["old"].get("rules", {}), res["new"]["rules"]
                 if "eval_s" in o and "eval_s" in n:
                     print(f"[{shape}] rule evaluation speed-up (41 candidates): "
@@ -312,8 +415,10 @@ def markdown(results: dict, command: str) -> str:
         lines += [f"**{shape}** ({res['disk_gb']:.2f} GB on disk)", "",
                   "| step | old wall | old peak RSS | new wall | new peak RSS |",
                   "|---|---|---|---|---|"]
-        for step in ("load", "rules", "train", "baselines"):
+        for step in ("load", "rules", "train", "baselines", "cli", "sweep"):
             o, n = res["old"].get(step, {}), res["new"].get(step, {})
+            if not o and not n:
+                continue
             lines.append(f"| {step} | {_fmt(o)} | {_rss(o)} | {_fmt(n)} | {_rss(n)} |")
         o, n = res["old"].get("rules", {}), res["new"].get("rules", {})
         if "eval_s" in o and "eval_s" in n:

@@ -2,32 +2,37 @@
 
 Two kinds of bundle, both a directory::
 
-    BUNDLE/manifest.json       kind, format version, names, counts, groups, split rows
-    BUNDLE/<split>.parquet     one Parquet file per split, one row per sample
+    BUNDLE/manifest.json             kind, format version, names, counts, groups, split rows
+    BUNDLE/<split>_logits.npy        expert-logit bundles: [N, E, C] logits of a split
+    BUNDLE/<split>_labels.npy        expert-logit bundles: [N] int64 labels
+    BUNDLE/<split>.parquet           feature bundles (and expert bundles of version 1)
 
 * **Expert-logit bundle** (``kind = "argse"``), splits ``tunev``, ``val``, ``test``:
-  columns ``label`` (int64) and ``logits`` (Arrow canonical extension type
-  ``fixed_shape_tensor(float32, [E, C])``, or ``float16`` when the bundle was built
-  from float16 logits: half the disk and memory; trainers compute in float32). The manifest holds the expert names, the
+  labels (int64) and logits ``[N, E, C]`` float32, or float16 when the bundle was built
+  from float16 logits (half the disk and memory; trainers compute in float32, one
+  chunk of rows at a time). Version 1 stored them as Parquet columns ``label`` and
+  ``logits`` (``fixed_shape_tensor``). The manifest holds the expert names, the
   *training* ``class_counts`` of the experts, ``class_to_group`` and the count
   ``group_boundaries`` the groups were derived from.
 * **Feature bundle** (``kind = "stage1"``), splits ``train``, ``val``, ``test``:
   columns ``label`` (int64), ``features`` (``fixed_shape_tensor(float32, [D])``),
   optional ``group`` (int64) and optional ``path`` (string).
 
-Storage choice. The issue asks for Parquet via pyarrow, "memory-mapped Arrow where
-possible". Parquet pages cannot be mapped straight into an array (pages carry headers
-and levels), so loading is: map the file (``memory_map=True``, no read() copy), decode
-each column once into an Arrow buffer (float columns are written uncompressed, plain
-encoded, one row group per split, so decoding is a memcpy), then hand numpy a
-**zero-copy view** of that buffer (``FixedShapeTensorArray.to_numpy_ndarray``). A
-10k x 3 x 100 split loads in ~40 ms. The decoded buffer belongs to the loaded bundle
-alone (the Arrow table is dropped), so the view is made writable, and
-``torch.from_numpy`` shares it without a copy or a warning; writing to it changes the
-in-memory bundle, never the file. Should a pyarrow version hand back a read-only
-(file-mapped) buffer, the array stays read-only instead. Arrays that come out of Ray's
-object store are read-only whatever the source: :func:`as_tensor` wraps either kind
-without torch's read-only warning.
+Storage (format version 2, expert-logit bundles). Each split is two NumPy ``.npy``
+files, ``<split>_logits.npy`` ``[N, E, C]`` (float32, or float16 as built) and
+``<split>_labels.npy`` ``[N]`` int64. Loading **maps** them (``mmap`` with
+copy-on-write access) and hands out arrays that view the mapping: nothing is decoded
+or copied, pages are read from the page cache when first touched, and a bundle costs
+resident memory only for the rows a caller actually reads. Writing to a loaded array
+changes the process's private copy of that page, never the file. Parquet (format
+version 1, ``<split>.parquet``) could not do this: its pages must be decoded into a
+second buffer, so a loaded bundle cost its size twice (mapped file + decoded copy).
+Version-1 expert bundles and feature bundles (``kind = "stage1"``, still written as
+Parquet: small, with string columns) load as before: the file is mapped, each column
+decoded once into an Arrow buffer and viewed by numpy without a further copy
+(``FixedShapeTensorArray.to_numpy_ndarray``). Arrays that come out of Ray's object
+store are read-only whatever the source: :func:`as_tensor` wraps either kind without
+torch's read-only warning.
 
 Validation (:func:`validate_bundle`) runs before every save and after every load, so
 a bundle on disk is always well-formed: finite logits/features, consistent shapes,
@@ -41,6 +46,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,7 +58,11 @@ from core.atomic import atomic_dir, check_output_path
 from core.errors import InputError
 
 FORMAT_NAME = "seltune-bundle"
-FORMAT_VERSION = 1
+#: written for expert-logit bundles (``.npy`` splits); feature bundles are version 1
+FORMAT_VERSION = 2
+FEATURE_FORMAT_VERSION = 1
+#: versions this code reads (1: Parquet splits, 2: ``.npy`` expert-logit splits)
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 EXPERT_SPLITS = ("tunev", "val", "test")
 FEATURE_SPLITS = ("train", "val", "test")
@@ -323,16 +334,19 @@ def _check_labels(labels: np.ndarray, n: int, num_classes: int, source: Any, nam
                          expected=f"labels in [0, {num_classes})")
 
 
-def validate_bundle(bundle: Bundle, source: str | Path | None = None) -> None:
+def validate_bundle(bundle: Bundle, source: str | Path | None = None, *,
+                    check_finite: bool = True) -> None:
     """Check a bundle completely; raise :class:`InputError` on the first problem.
 
     Args:
         bundle: an :class:`ExpertBundle` or :class:`FeatureBundle`.
         source: names the bundle in messages (a path); defaults to ``bundle.path``.
+        check_finite: False when the caller has already checked every logit (the
+            loader of mapped splits does it while handing the pages back).
     """
     src = str(source if source is not None else (bundle.path or "<bundle>"))
     if isinstance(bundle, ExpertBundle):
-        _validate_expert(bundle, src)
+        _validate_expert(bundle, src, check_finite)
     elif isinstance(bundle, FeatureBundle):
         _validate_feature(bundle, src)
     else:
@@ -347,7 +361,7 @@ def _check_split_names(splits: dict, required: tuple[str, ...], src: str) -> Non
                              value=sorted(splits), expected=f"splits {list(required)}")
 
 
-def _validate_expert(b: ExpertBundle, src: str) -> None:
+def _validate_expert(b: ExpertBundle, src: str, check_finite: bool = True) -> None:
     names = b.expert_names
     if not names or not all(isinstance(n, str) and n for n in names):
         raise InputError(file=src, field="expert_names", value=list(names),
@@ -389,7 +403,8 @@ def _validate_expert(b: ExpertBundle, src: str) -> None:
                          expected=f"{c} entries (one per class of the logits)")
     for name, split in b.splits.items():
         where = f"{src}[{name}]"
-        _check_finite(np.asarray(split.logits), where, "logits")
+        if check_finite:
+            _check_finite(np.asarray(split.logits), where, "logits")
         _check_labels(np.asarray(split.labels), shapes[name][0], c, where, "labels")
     bounds = check_group_boundaries(b.group_boundaries, src)
     k = len(bounds) + 1
@@ -482,8 +497,56 @@ def _write_table(columns: dict[str, Any], path: Path) -> None:
     )
 
 
+def _write_npy(path: Path, values: np.ndarray) -> None:
+    """``values`` as a ``.npy`` file, streamed (no copy of a contiguous array, e.g. a
+    mapped split being re-saved)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, values, allow_pickle=False)
+
+
+def write_expert_split(directory: Path, name: str, logits: np.ndarray, labels: np.ndarray
+                       ) -> dict[str, Any]:
+    """Write one split of an expert-logit bundle into ``directory``; returns its manifest
+    entry. ``logits`` ``[N, E, C]`` is written as float16 if it is float16, else float32
+    (a non-float32 array is converted in 4096-row chunks, so no whole-split copy)."""
+    logits = np.asarray(logits)
+    dtype = np.float16 if logits.dtype == np.float16 else np.float32
+    lfile, yfile = f"{name}_logits.npy", f"{name}_labels.npy"
+    if logits.dtype == dtype and logits.flags.c_contiguous:
+        _write_npy(directory / lfile, logits)
+    else:
+        out = np.lib.format.open_memmap(directory / lfile, mode="w+", dtype=dtype,
+                                        shape=logits.shape)
+        for i in range(0, logits.shape[0], 4096):
+            out[i:i + 4096] = logits[i:i + 4096]
+        out.flush()
+        del out
+    _write_npy(directory / yfile, np.ascontiguousarray(labels, dtype=np.int64))
+    return {"logits": lfile, "labels": yfile, "rows": int(logits.shape[0]),
+            "dtype": np.dtype(dtype).name}
+
+
+def expert_manifest(expert_names, class_counts, class_to_group, group_boundaries,
+                    num_experts: int, num_classes: int,
+                    splits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of an expert-logit bundle (format version 2)."""
+    bounds = list(group_boundaries)
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "argse",
+        "splits": splits, "num_classes": int(num_classes), "num_experts": int(num_experts),
+        "expert_names": list(expert_names),
+        "class_counts": np.asarray(class_counts).tolist(),
+        "group_boundaries": bounds, "num_groups": len(bounds) + 1,
+        "class_to_group": np.asarray(class_to_group).tolist(),
+        "logits_shape": ["N", int(num_experts), int(num_classes)],
+    }
+
+
 def save_bundle(bundle: Bundle, out: str | Path, overwrite: bool = False) -> Path:
     """Validate ``bundle`` and write it atomically to the directory ``out``.
+
+    Expert-logit bundles are written as format version 2 (``.npy`` splits, see the
+    module docstring), feature bundles as version 1 (Parquet).
 
     Raises:
         InputError: invalid bundle, or ``out`` exists and not ``overwrite``. Nothing is
@@ -492,56 +555,83 @@ def save_bundle(bundle: Bundle, out: str | Path, overwrite: bool = False) -> Pat
     out = Path(out)
     check_output_path(out, overwrite)
     validate_bundle(bundle, source=bundle.path or "<bundle>")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if isinstance(bundle, ExpertBundle):
+            lg0 = next(iter(bundle.splits.values())).logits
+            entries = {name: write_expert_split(tmp, name, split.logits, split.labels)
+                       for name, split in bundle.splits.items()}
+            manifest = expert_manifest(bundle.expert_names, bundle.class_counts,
+                                       bundle.class_to_group, bundle.group_boundaries,
+                                       int(lg0.shape[1]), int(lg0.shape[2]), entries)
+        else:
+            manifest = _save_parquet_splits(bundle, tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _save_parquet_splits(bundle: Bundle, tmp: Path) -> dict[str, Any]:
+    """Format version 1: one Parquet file per split (feature bundles; expert bundles
+    only through :func:`save_bundle_v1`, which the compatibility tests use)."""
     import pyarrow as pa
 
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "kind": bundle.kind,
         "splits": {},
     }
+    if isinstance(bundle, ExpertBundle):
+        lg0 = next(iter(bundle.splits.values())).logits
+        manifest.update(
+            num_classes=bundle.num_classes,
+            num_experts=bundle.num_experts,
+            expert_names=list(bundle.expert_names),
+            class_counts=np.asarray(bundle.class_counts).tolist(),
+            group_boundaries=list(bundle.group_boundaries),
+            num_groups=bundle.num_groups,
+            class_to_group=np.asarray(bundle.class_to_group).tolist(),
+            logits_shape=["N", int(lg0.shape[1]), int(lg0.shape[2])],
+        )
+        for name, split in bundle.splits.items():
+            file = f"{name}.parquet"
+            _write_table(
+                {"label": pa.array(np.asarray(split.labels), pa.int64()),
+                 "logits": _tensor_column(split.logits)},
+                tmp / file,
+            )
+            manifest["splits"][name] = {"file": file, "rows": len(split)}
+    else:
+        manifest.update(
+            num_classes=int(bundle.num_classes),
+            feature_dim=bundle.feature_dim,
+            group_names=None if bundle.group_names is None else list(bundle.group_names),
+        )
+        for fname, fsplit in bundle.splits.items():
+            file = f"{fname}.parquet"
+            cols: dict[str, Any] = {
+                "label": pa.array(np.asarray(fsplit.labels), pa.int64()),
+                "features": _tensor_column(fsplit.features),
+            }
+            if fsplit.group is not None:
+                cols["group"] = pa.array(np.asarray(fsplit.group), pa.int64())
+            if fsplit.path is not None:
+                cols["path"] = pa.array(fsplit.path, pa.string())
+            _write_table(cols, tmp / file)
+            manifest["splits"][fname] = {
+                "file": file, "rows": len(fsplit),
+                "has_group": fsplit.group is not None, "has_path": fsplit.path is not None,
+            }
+    return manifest
+
+
+def save_bundle_v1(bundle: Bundle, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``bundle`` in format version 1 (Parquet splits), as seltune did before
+    version 2: for the tests that check old bundles still load."""
+    out = Path(out)
+    check_output_path(out, overwrite)
+    validate_bundle(bundle, source=bundle.path or "<bundle>")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        if isinstance(bundle, ExpertBundle):
-            lg0 = next(iter(bundle.splits.values())).logits
-            manifest.update(
-                num_classes=bundle.num_classes,
-                num_experts=bundle.num_experts,
-                expert_names=list(bundle.expert_names),
-                class_counts=np.asarray(bundle.class_counts).tolist(),
-                group_boundaries=list(bundle.group_boundaries),
-                num_groups=bundle.num_groups,
-                class_to_group=np.asarray(bundle.class_to_group).tolist(),
-                logits_shape=["N", int(lg0.shape[1]), int(lg0.shape[2])],
-            )
-            for name, split in bundle.splits.items():
-                file = f"{name}.parquet"
-                _write_table(
-                    {"label": pa.array(np.asarray(split.labels), pa.int64()),
-                     "logits": _tensor_column(split.logits)},
-                    tmp / file,
-                )
-                manifest["splits"][name] = {"file": file, "rows": len(split)}
-        else:
-            manifest.update(
-                num_classes=int(bundle.num_classes),
-                feature_dim=bundle.feature_dim,
-                group_names=None if bundle.group_names is None else list(bundle.group_names),
-            )
-            for fname, fsplit in bundle.splits.items():
-                file = f"{fname}.parquet"
-                cols: dict[str, Any] = {
-                    "label": pa.array(np.asarray(fsplit.labels), pa.int64()),
-                    "features": _tensor_column(fsplit.features),
-                }
-                if fsplit.group is not None:
-                    cols["group"] = pa.array(np.asarray(fsplit.group), pa.int64())
-                if fsplit.path is not None:
-                    cols["path"] = pa.array(fsplit.path, pa.string())
-                _write_table(cols, tmp / file)
-                manifest["splits"][fname] = {
-                    "file": file, "rows": len(fsplit),
-                    "has_group": fsplit.group is not None, "has_path": fsplit.path is not None,
-                }
+        manifest = _save_parquet_splits(bundle, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -567,9 +657,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT_NAME:
         raise InputError(file=mf, field="format", value=manifest.get("format"),
                          expected=repr(FORMAT_NAME))
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise InputError(file=mf, field="format_version", value=manifest.get("format_version"),
-                         expected=str(FORMAT_VERSION))
+                         expected=" or ".join(map(str, READABLE_VERSIONS))
+                         + " (a newer seltune wrote it?)")
     if manifest.get("kind") not in ("argse", "stage1"):
         raise InputError(file=mf, field="kind", value=manifest.get("kind"),
                          expected="'argse' or 'stage1'")
@@ -636,22 +727,117 @@ def _column_numpy(table, name: str, file: Path) -> np.ndarray:
     return arr
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and validate the bundle directory ``path`` (either kind).
+def _map_npy(file: Path, field: str, rows: Any) -> tuple[np.ndarray, mmap.mmap | None, int]:
+    """``(array, mapping, data offset)`` of the ``.npy`` file, viewing a copy-on-write
+    mapping of it (module docstring); ``mapping`` is None for an empty array."""
+    if not file.is_file():
+        raise InputError("is missing", file=file, field=field,
+                         expected="the split's .npy file (see manifest.json)")
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            count = int(np.prod(shape)) if shape else 1
+            if dtype.hasobject or fortran:
+                raise InputError(file=file, field=field, value=str(dtype),
+                                 expected="a C-ordered numeric .npy array")
+            if offset + count * dtype.itemsize > size:
+                raise InputError(f"is truncated ({size} bytes)", file=file, field=field,
+                                 expected=f"{offset + count * dtype.itemsize} bytes for "
+                                 f"shape {list(shape)} {dtype}")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if count else None
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"unreadable .npy ({msg})", file=file, field=field,
+                         expected="a .npy file written by seltune") from None
+    if not shape or shape[0] != rows:
+        raise InputError(f"has shape {list(shape)}", file=file, field=field,
+                         expected=f"{rows} rows as in {MANIFEST}")
+    if mm is None:
+        return np.zeros(shape, dtype=dtype), None, offset
+    arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return arr, mm, offset
 
-    Arrays are zero-copy views of the decoded Arrow buffers (see the module
-    docstring).
+
+def _check_mapped_finite(arr: np.ndarray, mm: mmap.mmap | None, offset: int,
+                         source: Any, name: str) -> None:
+    """The finiteness check of a mapped split, ``_FINITE_CHUNK`` elements at a time,
+    handing each checked chunk's pages back (``MADV_DONTNEED``): validating a bundle
+    reads all of it once but leaves none of it resident, so a split costs memory only
+    once someone reads it. Nothing has written to the mapping yet, so no page of the
+    private copy is lost."""
+    if arr.dtype.kind != "f":
+        raise InputError(file=source, field=name, value=str(arr.dtype),
+                         expected="floating-point values")
+    n = arr.shape[0]
+    row = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
+    step = max(1, _FINITE_CHUNK // max(row, 1))
+    page = mmap.PAGESIZE
+    can_release = mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+    done = 0  # bytes of the mapping released so far (page aligned)
+    for i in range(0, n, step):
+        chunk = arr[i:i + step]
+        if not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            bad[0] += i
+            raise InputError(
+                f"non-finite value {float(arr[tuple(bad)])!r} at index {bad.tolist()}",
+                file=source, field=name, expected="finite numbers (no NaN/inf)")
+        if can_release:
+            assert mm is not None
+            end = offset + (i + chunk.shape[0]) * row * arr.dtype.itemsize
+            end = len(mm) if i + step >= n else (end // page) * page
+            if end > done:
+                mm.madvise(mmap.MADV_DONTNEED, done, end - done)
+                done = end
+
+
+def _load_expert_split_v2(path: Path, info: Any, mf: Path, name: str) -> ExpertSplit:
+    if (not isinstance(info, dict) or not isinstance(info.get("logits"), str)
+            or not isinstance(info.get("labels"), str)):
+        raise InputError(file=mf, field=f"splits.{name}", value=info,
+                         expected='{"logits": FILE, "labels": FILE, "rows": N}')
+    rows = info.get("rows")
+    lfile = path / info["logits"]
+    logits, mm, offset = _map_npy(lfile, "logits", rows)
+    if logits.ndim != 3 or logits.dtype not in (np.float32, np.float16):
+        raise InputError(file=lfile, field="logits",
+                         value=f"shape {list(logits.shape)} {logits.dtype}",
+                         expected="[N, E, C] float32 or float16")
+    _check_mapped_finite(logits, mm, offset, f"{path}[{name}]", "logits")
+    labels, _, _ = _map_npy(path / info["labels"], "labels", rows)
+    # labels are small: a private in-memory copy (no mapping kept open for them)
+    return ExpertSplit(logits=logits, labels=np.array(labels, dtype=np.int64))
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate the bundle directory ``path`` (either kind, format 1 or 2).
+
+    Format 2 (expert logits): arrays view copy-on-write mappings of the ``.npy`` files;
+    format 1: zero-copy views of the decoded Arrow buffers (see the module docstring).
     """
     path = Path(path)
     manifest = _read_manifest(path)
     mf = path / MANIFEST
     splits_info = manifest["splits"]
+    finite_checked = False
     if manifest["kind"] == "argse":
         splits: dict[str, Any] = {}
         for name, info in splits_info.items():
+            if manifest["format_version"] >= 2:
+                splits[name] = _load_expert_split_v2(path, info, mf, name)
+                continue
             file, table = _read_split_table(path, info, mf, name, ("label", "logits"))
             splits[name] = ExpertSplit(logits=_column_numpy(table, "logits", file),
                                        labels=_column_numpy(table, "label", file))
+        finite_checked = manifest["format_version"] >= 2
         bundle: Bundle = ExpertBundle(
             expert_names=tuple(_field(manifest, mf, "expert_names")),
             class_counts=np.asarray(_field(manifest, mf, "class_counts"), dtype=np.int64),
@@ -676,7 +862,7 @@ def load_bundle(path: str | Path) -> Bundle:
         bundle = FeatureBundle(num_classes=int(_field(manifest, mf, "num_classes")),
                                splits=fsplits, path=path,
                                group_names=None if names is None else tuple(names))
-    validate_bundle(bundle, source=path)
+    validate_bundle(bundle, source=path, check_finite=not finite_checked)
     return bundle
 
 
@@ -710,9 +896,12 @@ __all__ = [
     "as_tensor",
     "check_group_boundaries",
     "class_to_group_from_counts",
+    "expert_manifest",
     "load_bundle",
     "load_expert_bundle",
     "load_feature_bundle",
     "save_bundle",
+    "save_bundle_v1",
     "validate_bundle",
+    "write_expert_split",
 ]

@@ -48,8 +48,12 @@ Files. Every sub-directory of DIR holding a ``*_logits.*`` file of a known split
 expert. A ``.npz`` holds one array, or the key ``logits`` (plus optional label
 arrays); a ``.pt`` holds a tensor, or a dict with that key (loaded with
 ``weights_only=True``, so no code is executed). Logits may be float16/32/64; they are
-stored as float32. The import reads one expert and split at a time into the bundle's
-preallocated ``[N, E, C]`` array, so peak memory is the bundle plus one file.
+stored as float32. :func:`import_argse_bundle` (what ``seltune data import`` runs)
+streams: one split at a time is assembled, one expert file at a time, into that
+split's ``[N, E, C]`` array, written to the bundle directory and dropped, so peak
+memory is the largest split plus one expert file, not the bundle.
+:func:`import_argse_dir` builds the whole bundle in memory (for callers that want the
+object).
 
 Stage-1 layout (``import_stage1_dir``)::
 
@@ -72,12 +76,16 @@ from core.bundles import (
     DEFAULT_GROUP_BOUNDARIES,
     EXPERT_SPLITS,
     FEATURE_SPLITS,
+    MANIFEST,
     ExpertBundle,
     ExpertSplit,
     FeatureBundle,
     FeatureSplit,
     class_to_group_from_counts,
+    expert_manifest,
+    load_bundle,
     validate_bundle,
+    write_expert_split,
 )
 from core.errors import InputError
 
@@ -435,8 +443,8 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
     return f"row {i}: {int(a[i])} vs {int(b[i])}"
 
 
-def _read_split(src: Path, names: list[str], split: str, source: str, num_classes: int | None
-                ) -> ExpertSplit:
+def _read_split(src: Path, names: list[str], split: str, source: str, num_classes: int | None,
+                on_file: Callable[[], None] | None = None) -> ExpertSplit:
     """One bundle split: every expert's file read in turn into one ``[N, E, C]`` array."""
     logits: np.ndarray | None = None
     first_path: Path | None = None
@@ -465,6 +473,8 @@ def _read_split(src: Path, names: list[str], split: str, source: str, num_classe
         logits[:, e, :] = arr
         del arr
         _check_finite_logits(logits[:, e, :], path)
+        if on_file is not None:
+            on_file()
         if lab is not None:
             if inner is None:
                 inner = (path, lab)
@@ -504,6 +514,44 @@ def _read_split(src: Path, names: list[str], split: str, source: str, num_classe
     return ExpertSplit(logits=logits, labels=labels)
 
 
+def _argse_plan(src: Path, experts, split_map, class_counts, imbalance, max_count, say: Note):
+    counts_from = _check_counts_options(src, class_counts, imbalance, max_count)
+    sources = _split_sources(split_map)
+    known = {s for cands in sources.values() for s in cands} | set(split_map or {})
+    names, order_from = _expert_dirs(src, experts, known)
+    chosen, unused = _choose_sources(src, names, sources)
+    say(f"experts: {', '.join(names)} ({order_from})")
+    if any(s != t for t, s in chosen.items()) or unused:
+        line = "splits: " + ", ".join(f"{t} <- {s}" for t, s in chosen.items())
+        if unused:
+            line += f" (ignored: {', '.join(unused)})"
+        say(line + "; --split-map SOURCE=SPLIT to change")
+    return counts_from, names, chosen
+
+
+def _argse_groups(src: Path, counts_from: str, num_classes: int, group_boundaries,
+                  class_counts, imbalance, max_count, say: Note):
+    if counts_from == "rule":
+        assert imbalance is not None and max_count is not None
+        counts = cifar_lt_counts(num_classes, imbalance, int(max_count))
+        counts_source: str | Path = f"--imbalance {imbalance:g} --max-count {int(max_count)}"
+        say(f"class counts: CIFAR-LT rule IF={imbalance:g}, N={int(max_count)} "
+            f"({counts[0]} ... {counts[-1]})")
+    else:
+        counts_source = Path(class_counts) if counts_from == "file" and class_counts is not None \
+            else src / "class_counts.json"
+        counts = _read_counts_file(Path(counts_source))
+        if counts_from == "file":
+            say(f"class counts: {counts_source}")
+    if counts_from != "dir" and (src / "class_counts.json").is_file():
+        say(f"class counts: {src / 'class_counts.json'} ignored (an explicit source was given)")
+    if counts.shape[0] != num_classes:
+        raise InputError(f"has {counts.shape[0]} entries", file=counts_source,
+                         field="class_counts",
+                         expected=f"{num_classes} entries (the logits have C={num_classes})")
+    return counts, class_to_group_from_counts(counts, group_boundaries, source=counts_source)
+
+
 def import_argse_dir(
     src: str | Path,
     group_boundaries: Sequence[int] = DEFAULT_GROUP_BOUNDARIES,
@@ -538,47 +586,75 @@ def import_argse_dir(
     """
     src = _check_dir(src)
     say: Note = note or (lambda _line: None)
-    counts_from = _check_counts_options(src, class_counts, imbalance, max_count)
-    sources = _split_sources(split_map)
-    known = {s for cands in sources.values() for s in cands} | set(split_map or {})
-    names, order_from = _expert_dirs(src, experts, known)
-    chosen, unused = _choose_sources(src, names, sources)
-    say(f"experts: {', '.join(names)} ({order_from})")
-    if any(s != t for t, s in chosen.items()) or unused:
-        line = "splits: " + ", ".join(f"{t} <- {s}" for t, s in chosen.items())
-        if unused:
-            line += f" (ignored: {', '.join(unused)})"
-        say(line + "; --split-map SOURCE=SPLIT to change")
+    counts_from, names, chosen = _argse_plan(src, experts, split_map, class_counts,
+                                             imbalance, max_count, say)
     splits: dict[str, ExpertSplit] = {}
     num_classes: int | None = None
     for split in EXPERT_SPLITS:
         splits[split] = _read_split(src, names, split, chosen[split], num_classes)
         num_classes = int(splits[split].logits.shape[2])
     assert num_classes is not None
-    if counts_from == "rule":
-        assert imbalance is not None and max_count is not None
-        counts = cifar_lt_counts(num_classes, imbalance, int(max_count))
-        counts_source: str | Path = f"--imbalance {imbalance:g} --max-count {int(max_count)}"
-        say(f"class counts: CIFAR-LT rule IF={imbalance:g}, N={int(max_count)} "
-            f"({counts[0]} ... {counts[-1]})")
-    else:
-        counts_source = Path(class_counts) if counts_from == "file" and class_counts is not None \
-            else src / "class_counts.json"
-        counts = _read_counts_file(Path(counts_source))
-        if counts_from == "file":
-            say(f"class counts: {counts_source}")
-    if counts_from != "dir" and (src / "class_counts.json").is_file():
-        say(f"class counts: {src / 'class_counts.json'} ignored (an explicit source was given)")
-    if counts.shape[0] != num_classes:
-        raise InputError(f"has {counts.shape[0]} entries", file=counts_source,
-                         field="class_counts",
-                         expected=f"{num_classes} entries (the logits have C={num_classes})")
-    class_to_group = class_to_group_from_counts(counts, group_boundaries, source=counts_source)
+    counts, class_to_group = _argse_groups(src, counts_from, num_classes, group_boundaries,
+                                           class_counts, imbalance, max_count, say)
     bundle = ExpertBundle(expert_names=tuple(names), class_counts=counts,
                           class_to_group=class_to_group, splits=splits,
                           group_boundaries=tuple(int(b) for b in group_boundaries))
     validate_bundle(bundle, source=src)
     return bundle
+
+
+def import_argse_bundle(
+    src: str | Path,
+    out: str | Path,
+    group_boundaries: Sequence[int] = DEFAULT_GROUP_BOUNDARIES,
+    experts: Sequence[str] | None = None,
+    *,
+    split_map: Mapping[str, str] | None = None,
+    class_counts: str | Path | None = None,
+    imbalance: float | None = None,
+    max_count: int | None = None,
+    note: Note | None = None,
+    overwrite: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
+    """:func:`import_argse_dir` straight into the bundle directory ``out``, streaming
+    (module docstring): the same checks, the same bundle, written atomically (nothing
+    is left at ``out`` when an input is bad). ``on_step(done, total)`` after each expert
+    file read (``total`` = 3 splits x E experts). Returns ``out``."""
+    from core.atomic import atomic_dir, check_output_path
+
+    src = _check_dir(src)
+    out = Path(out)
+    check_output_path(out, overwrite)
+    say: Note = note or (lambda _line: None)
+    counts_from, names, chosen = _argse_plan(src, experts, split_map, class_counts,
+                                             imbalance, max_count, say)
+    total = len(EXPERT_SPLITS) * len(names)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        entries: dict[str, dict[str, Any]] = {}
+        num_classes: int | None = None
+        for split in EXPERT_SPLITS:
+            part = _read_split(src, names, split, chosen[split], num_classes, tick)
+            num_classes = int(part.logits.shape[2])
+            entries[split] = write_expert_split(tmp, split, part.logits, part.labels)
+            del part  # the next split is assembled in its place
+        assert num_classes is not None
+        counts, class_to_group = _argse_groups(src, counts_from, num_classes,
+                                               group_boundaries, class_counts, imbalance,
+                                               max_count, say)
+        manifest = expert_manifest(names, counts, class_to_group,
+                                   tuple(int(b) for b in group_boundaries), len(names),
+                                   num_classes, entries)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        load_bundle(tmp)  # validated as every loaded bundle is (mapped: no copy)
+    return out
 
 
 def import_stage1_dir(src: str | Path) -> FeatureBundle:
@@ -643,4 +719,4 @@ def import_stage1_dir(src: str | Path) -> FeatureBundle:
 
 
 __all__ = ["ARRAY_SUFFIXES", "LABEL_KEYS", "REPO_EXPERT_ORDER", "SPLIT_SOURCES", "cifar_lt_counts",
-           "import_argse_dir", "import_stage1_dir", "parse_split_map", "read_array"]
+           "import_argse_bundle", "import_argse_dir", "import_stage1_dir", "parse_split_map", "read_array"]

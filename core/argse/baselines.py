@@ -20,18 +20,23 @@ of its confidence on that split):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from core.argse.data import class_to_group_tensor, split_tensors
+from core.argse.data import CHUNK, class_to_group_tensor, scaled_probs, split_tensors
 from core.argse.evaluation import selective_metrics
 from core.argse.margins import GroupedPosterior, batched_margins, grouped_margin_and_prediction
 from core.argse.rules import MuScorer, _coordinate_search, group_errors, lambda_grid, quantile
-from core.argse.temperature import apply_temperatures, fit_temperatures
+from core.argse.temperature import fit_temperatures
 
 BASELINE_NAMES = ("chow:mixture", "plugin_balanced", "plugin_worst")
+
+#: ``on_step(done, total)``: progress of a long computation (core never draws bars;
+#: the CLI passes one that advances a bar).
+OnStep = Callable[[int, int], None]
 
 
 def coverage_confidence(score: torch.Tensor, coverage: float) -> torch.Tensor:
@@ -108,16 +113,21 @@ def _inner(gp: GroupedPosterior, labels, groups, k, beta, coverage, lambdas, ite
 def fit_plugin(eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor, class_to_group: torch.Tensor,
                num_groups: int, coverage: float, objective: str = "balanced", *,
                grid_points: int = 41, grid_range: float = 2.0, power_iters: int = 5,
-               eg_steps: int = 10, eg_step_size: float = 1.0
+               eg_steps: int = 10, eg_step_size: float = 1.0, on_step: OnStep | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(alpha [K], mu [K])`` of Plug-in[Balanced] / Plug-in[Worst] fit on ``eta [N, C]``.
 
     ``eta``: any posterior ``[N, C]`` (e.g. a gated mixture), or its
     :class:`GroupedPosterior` in float64. It is summarised per group once; every
-    candidate, power iteration and EG step then costs O(N·K).
+    candidate, power iteration and EG step then costs O(N·K), on the CPU (the summary
+    is moved there: ``[N, K]`` is small, and the quantiles run on numpy).
+    ``on_step(done, total)`` after each inner fit (1 for balanced, ``eg_steps`` for worst).
     """
     gp = eta if isinstance(eta, GroupedPosterior) else GroupedPosterior.from_posterior(
         eta.double(), class_to_group, num_groups)
+    if gp.mass.device.type != "cpu":
+        gp = GroupedPosterior(gp.group_max.cpu(), gp.group_argmax.cpu(), gp.mass.cpu(),
+                              gp.class_to_group.cpu())
     k = num_groups
     labels = labels.to(gp.mass.device)
     groups = gp.class_to_group[labels]
@@ -125,10 +135,14 @@ def fit_plugin(eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor, class
     beta = torch.full((k,), 1.0 / k, dtype=torch.float64)
     if objective == "balanced":
         alpha, mu, _ = _inner(gp, labels, groups, k, beta, coverage, lambdas, power_iters)
+        if on_step is not None:
+            on_step(1, 1)
         return alpha.float(), mu.float()
     best = None
-    for _ in range(eg_steps):
+    for step in range(eg_steps):
         alpha, mu, errs = _inner(gp, labels, groups, k, beta, coverage, lambdas, power_iters)
+        if on_step is not None:
+            on_step(step + 1, eg_steps)
         if best is None or float(errs.max()) < best[0]:
             best = (float(errs.max()), alpha, mu)
         beta = beta * torch.exp(eg_step_size * errs)
@@ -141,64 +155,151 @@ def fit_plugin(eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor, class
 
 @dataclass
 class FittedBaselines:
-    """Temperatures (fit on ``tunev``) and plug-in parameters per objective and coverage."""
+    """Temperatures (fit on ``tunev``) and plug-in parameters per objective and coverage.
+
+    ``fit_grouped``: the fit split's uniform-mixture posterior summarised per group in
+    float64 (``[N, K]``, CPU), all the plug-in fits read; ``fit_eta`` ``[N, C]`` is kept
+    only when asked for (``fit_baselines(keep_eta=True)``: at iNaturalist-2018 shape
+    it is 650 MB). ``device``: where the passes over ``[N, E, C]`` run.
+    """
 
     expert_names: tuple[str, ...]
     temperatures: list[float]
     class_to_group: torch.Tensor
     num_groups: int
     plugin: dict  # (objective, rounded coverage) -> (alpha, mu)
-    fit_eta: torch.Tensor
+    fit_eta: torch.Tensor | None
     fit_labels: torch.Tensor
-    fit_grouped: GroupedPosterior | None = None  # fit_eta (float64) per group, made once
+    fit_grouped: GroupedPosterior | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def grouped_fit(self) -> GroupedPosterior:
         """``fit_eta`` summarised per group in float64 (computed on first use)."""
         if self.fit_grouped is None:
+            assert self.fit_eta is not None
             self.fit_grouped = GroupedPosterior.from_posterior(
                 self.fit_eta.double(), self.class_to_group, self.num_groups)
         return self.fit_grouped
 
 
 def _probs(logits, temperatures) -> torch.Tensor:
-    return torch.softmax(apply_temperatures(logits, temperatures), dim=-1)
+    return scaled_probs(logits, temperatures, logits.device)
 
 
-def fit_baselines(bundle, fit_split: str = "tunev") -> FittedBaselines:
-    logits, labels = split_tensors(bundle, fit_split)
-    temps = fit_temperatures(logits, labels)
-    eta = _probs(logits, temps).mean(dim=1)
-    return FittedBaselines(tuple(bundle.expert_names), temps, class_to_group_tensor(bundle),
-                           bundle.num_groups, {}, eta, labels)
+def _cat_grouped(parts: list[GroupedPosterior], c2g: torch.Tensor) -> GroupedPosterior:
+    return GroupedPosterior(torch.cat([p.group_max for p in parts]),
+                            torch.cat([p.group_argmax for p in parts]),
+                            torch.cat([p.mass for p in parts]), c2g)
+
+
+def _split_pass(logits: torch.Tensor, temperatures, c2g: torch.Tensor, k: int,
+                device: torch.device, chow: bool, keep_eta: bool = False,
+                on_chunk: Callable[[], None] | None = None):
+    """One chunked pass over a split's ``logits [N, E, C]`` (any float dtype, on CPU):
+    ``(per-expert chow (score, pred) lists [N] each, mixture chow (score, pred) [N],
+    grouped mixture posterior float64 [N, K] (on CPU), eta [N, C] or None)``. Nothing of
+    size ``[N, E, C]`` or ``[N, C]`` float64 exists at once: ``CHUNK`` rows at a time."""
+    n, e, _ = logits.shape
+    c2g_dev = c2g.to(device)
+    chow_parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(e)]
+    mix_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    gparts: list[GroupedPosterior] = []
+    etas: list[torch.Tensor] = []
+    for i in range(0, n, CHUNK):
+        probs = scaled_probs(logits[i:i + CHUNK], temperatures, device)
+        if chow:
+            for j in range(e):
+                sc, pr = probs[:, j, :].max(dim=1)
+                chow_parts[j].append((sc.cpu(), pr.cpu()))
+        eta = probs.mean(dim=1)
+        del probs
+        if chow:
+            sc, pr = eta.max(dim=1)
+            mix_parts.append((sc.cpu(), pr.cpu()))
+        g = GroupedPosterior.from_posterior(eta.double(), c2g_dev, k)
+        gparts.append(GroupedPosterior(g.group_max.cpu(), g.group_argmax.cpu(), g.mass.cpu(),
+                                       c2g))
+        if keep_eta:
+            etas.append(eta.cpu())
+        if on_chunk is not None:
+            on_chunk()
+
+    def cat(parts):
+        return (torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts]))
+
+    experts = [cat(p) for p in chow_parts] if chow else []
+    mixture = cat(mix_parts) if chow else None
+    return experts, mixture, _cat_grouped(gparts, c2g), (torch.cat(etas) if keep_eta else None)
+
+
+def _chunks(n: int) -> int:
+    return max(1, -(-n // CHUNK))
+
+
+def fit_baselines(bundle, fit_split: str = "tunev", device="cpu", keep_eta: bool = False,
+                  on_step: OnStep | None = None) -> FittedBaselines:
+    """Temperatures and the fit split's grouped mixture posterior (the plug-in rules are
+    fit lazily per coverage by :func:`baseline_rules`). ``device``: ``cpu`` (default),
+    ``cuda`` or a ``torch.device``, where the pass over the logits runs. ``on_step``:
+    after temperatures and after each chunk of the pass."""
+    from core.device import resolve_device
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    logits, labels = split_tensors(bundle, fit_split, upcast=False)
+    total = 1 + _chunks(logits.shape[0])
+    temps = fit_temperatures(logits.to(dev) if dev.type != "cpu" else logits, labels)
+    done = [1]
+    if on_step is not None:
+        on_step(1, total)
+
+    def tick() -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
+
+    c2g = class_to_group_tensor(bundle)
+    _, _, gp, eta = _split_pass(logits, temps, c2g, bundle.num_groups, dev, chow=False,
+                                keep_eta=keep_eta, on_chunk=tick)
+    return FittedBaselines(tuple(bundle.expert_names), temps, c2g, bundle.num_groups, {},
+                           eta, labels, gp, dev)
 
 
 def baseline_rules(bundle, split: str, coverage: float,
-                   fitted: FittedBaselines | None = None
+                   fitted: FittedBaselines | None = None, on_step: OnStep | None = None
                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every baseline's rule on ``split`` at ``coverage``: ``{NAME: (confidence [N],
     prediction [N])}``, the confidence shifted so that ``coverage`` of the split is
     ``> 0`` (:func:`coverage_confidence`). The plug-in rules are fit on ``tunev`` at
     ``coverage`` once per ``fitted``. One place for what :func:`baseline_metrics`
-    scores and the report draws.
+    scores and the report draws. One chunked pass over the split (on
+    ``fitted.device``); ``on_step(done, total)`` after each chunk and each plug-in fit.
     """
     fitted = fitted or fit_baselines(bundle)
-    logits, _ = split_tensors(bundle, split)
+    logits, _ = split_tensors(bundle, split, upcast=False)
     c2g, k = fitted.class_to_group, fitted.num_groups
-    probs = _probs(logits, fitted.temperatures)
     coverage = float(min(max(coverage, 1e-6), 1.0))
+    todo = [o for o in ("balanced", "worst") if (o, round(coverage, 4)) not in fitted.plugin]
+    total = _chunks(logits.shape[0]) + len(todo)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
+
+    experts, mixture, gp, _ = _split_pass(logits, fitted.temperatures, c2g, k, fitted.device,
+                                          chow=True, on_chunk=tick)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for e, name in enumerate(fitted.expert_names):
-        score, pred = probs[:, e, :].max(dim=1)
+    for (score, pred), name in zip(experts, fitted.expert_names, strict=True):
         out[f"chow:{name}"] = (coverage_confidence(score, coverage), pred)
-    eta = probs.mean(dim=1)
-    score, pred = eta.max(dim=1)
-    out["chow:mixture"] = (coverage_confidence(score, coverage), pred)
-    gp = GroupedPosterior.from_posterior(eta.double(), c2g, k)  # once for both rules
+    assert mixture is not None
+    out["chow:mixture"] = (coverage_confidence(mixture[0], coverage), mixture[1])
     for objective in ("balanced", "worst"):
         key = (objective, round(coverage, 4))
         if key not in fitted.plugin:
             fitted.plugin[key] = fit_plugin(fitted.grouped_fit(), fitted.fit_labels, c2g, k,
                                             coverage, objective)
+            tick()
         alpha, mu = fitted.plugin[key]
         m, pred = grouped_margin_and_prediction(gp, alpha.double(), mu.double(), "plugin")
         out[f"plugin_{objective}"] = (coverage_confidence(m, coverage), pred)
@@ -206,11 +307,14 @@ def baseline_rules(bundle, split: str, coverage: float,
 
 
 def baseline_metrics(bundle, split: str, coverage: float,
-                     fitted: FittedBaselines | None = None) -> dict[str, dict[str, float]]:
+                     fitted: FittedBaselines | None = None,
+                     on_step: OnStep | None = None) -> dict[str, dict[str, float]]:
     """``{NAME: metrics}`` for every baseline on ``split`` at ``coverage`` (the operating
-    point, in (0, 1]; every baseline is judged at exactly that coverage on the split)."""
+    point, in (0, 1]; every baseline is judged at exactly that coverage on the split).
+    ``on_step``: see :func:`baseline_rules`."""
     fitted = fitted or fit_baselines(bundle)
-    _, labels = split_tensors(bundle, split)
+    _, labels = split_tensors(bundle, split, upcast=False)
     c2g, k = fitted.class_to_group, fitted.num_groups
+    rules = baseline_rules(bundle, split, coverage, fitted, on_step)
     return {name: selective_metrics(conf, pred, labels, c2g, k)
-            for name, (conf, pred) in baseline_rules(bundle, split, coverage, fitted).items()}
+            for name, (conf, pred) in rules.items()}

@@ -45,6 +45,18 @@ def mixture_nll(eta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.nll_loss(torch.log(eta.clamp(1e-7, 1.0 - 1e-7)), labels, reduction="none")
 
 
+def mixture_nll_at_label(weights: torch.Tensor, label_probs: torch.Tensor) -> torch.Tensor:
+    """:func:`mixture_nll` from the experts' posteriors of the true label alone:
+    ``-log sum_e w_e p_e(y)`` per sample ``[B]`` for ``weights, label_probs [B, E]``.
+
+    The same value as ``mixture_nll(mixture_posterior(w, probs), labels)`` (eta is
+    clamped the same way) in O(B·E) instead of O(B·E·C) per step, forward and backward:
+    the NLL reads only ``eta_y``.
+    """
+    eta_y = (weights * label_probs).sum(dim=1)
+    return -torch.log(eta_y.clamp(1e-7, 1.0 - 1e-7))
+
+
 def gating_entropy(w: torch.Tensor) -> torch.Tensor:
     """Mean entropy of the gating weights ``H(w)``, scalar."""
     return -(w * torch.log(w + EPS)).sum(dim=1).mean()

@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from core.argse.checkpoint import load_checkpoint
-from core.argse.data import split_tensors
+from core.argse.data import CHUNK, scaled_probs, split_tensors
 from core.argse.evaluation import selective_metrics
 from core.argse.features import GatingFeatureBuilder, gating_feature_dim
-from core.argse.gating import GatingNet, gate_all
-from core.argse.margins import as_margin_variant, margin_and_prediction
-from core.argse.temperature import apply_temperatures
+from core.argse.gating import GatingNet, gate
+from core.argse.margins import (
+    GroupedPosterior,
+    as_margin_variant,
+    grouped_margin_and_prediction,
+)
 from core.device import resolve_device
 from core.errors import InputError
 
@@ -71,31 +74,88 @@ class ArgsePredictor:
                 expected=f"[N, E={self.num_experts}, C={self.num_classes}] "
                          f"(checkpoint E={self.num_experts}, C={self.num_classes})")
 
+    def _as_logits(self, logits) -> torch.Tensor:
+        if not isinstance(logits, torch.Tensor):
+            arr = np.asarray(logits)
+            if arr.dtype not in (np.float16, np.float32):
+                arr = arr.astype(np.float32)
+            from core.bundles import as_tensor
+
+            logits = as_tensor(arr)  # shared, read only here; upcast per chunk
+        self._check(logits)
+        return logits
+
+    @torch.no_grad()
+    def _chunks(self, logits, features: torch.Tensor | None = None, chunk: int = CHUNK):
+        """``(start, probs [B, E, C], features [B, 7E+3])`` over ``logits [N, E, C]`` (any
+        float dtype and device), ``chunk`` rows at a time on the predictor's device."""
+        logits = self._as_logits(logits)
+        builder = GatingFeatureBuilder(self.top_k)
+        for i in range(0, logits.shape[0], chunk):
+            probs = scaled_probs(logits[i:i + chunk], self.temperatures, self.device)
+            feats = (builder.from_probs(probs) if features is None
+                     else features[i:i + probs.shape[0]].to(self.device))
+            yield i, probs, feats
+
     @torch.no_grad()
     def posterior(self, logits) -> torch.Tensor:
         """Mixture posterior ``eta [N, C]`` (on the predictor's device)."""
-        if not isinstance(logits, torch.Tensor):
-            arr = np.asarray(logits, dtype=np.float32)
-            if not arr.flags.writeable:  # bundles are read-only zero-copy views
-                arr = arr.copy()
-            logits = torch.from_numpy(arr)
-        logits = logits.to(self.device, torch.float32)
-        self._check(logits)
-        probs = torch.softmax(apply_temperatures(logits, self.temperatures), dim=-1)
-        feats = GatingFeatureBuilder(self.top_k).from_probs(probs)
-        _, eta = gate_all(self.net, feats, probs)
+        logits = self._as_logits(logits)
+        eta = torch.empty(logits.shape[0], self.num_classes, device=self.device)
+        was_training = self.net.training
+        self.net.eval()
+        for i, probs, feats in self._chunks(logits):
+            eta[i:i + probs.shape[0]] = gate(self.net, feats, probs)[1]
+        self.net.train(was_training)
         return eta
+
+    @torch.no_grad()
+    def grouped_posterior(self, logits, features: torch.Tensor | None = None,
+                          on_step=None) -> GroupedPosterior:
+        """The mixture posterior summarised per group (``[N, K]`` max, argmax, mass;
+        float32), chunked over rows: the whole ``[N, C]`` posterior never exists.
+        ``features``: the split's gating features when already computed
+        (:func:`split_features`; they depend only on the logits and temperatures).
+        ``on_step(done, total)``: after each chunk of rows."""
+        logits = self._as_logits(logits)
+        n = logits.shape[0]
+        c2g = self.class_to_group.to(self.device)
+        parts: list[GroupedPosterior] = []
+        was_training = self.net.training
+        self.net.eval()
+        total = -(-n // CHUNK)
+        for _, probs, feats in self._chunks(logits, features):
+            parts.append(GroupedPosterior.from_posterior(gate(self.net, feats, probs)[1],
+                                                         c2g, self.num_groups))
+            if on_step is not None:
+                on_step(len(parts), total)
+        self.net.train(was_training)
+        if not parts:
+            empty = torch.empty(0, self.num_groups, device=self.device)
+            return GroupedPosterior(empty, empty.long(), empty, c2g)
+        gp = GroupedPosterior(torch.cat([p.group_max for p in parts]),
+                              torch.cat([p.group_argmax for p in parts]),
+                              torch.cat([p.mass for p in parts]), c2g)
+        assert len(gp) == n
+        return gp
+
+    @torch.no_grad()
+    def decide_grouped(self, gp: GroupedPosterior
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decide` from the grouped posterior, O(N·K)."""
+        dev = gp.mass.device
+        c2g = self.class_to_group.to(dev)
+        m, pred = grouped_margin_and_prediction(gp, self.alpha.to(dev), self.mu.to(dev),
+                                                as_margin_variant(self.margin_variant))
+        conf = m - self.t.to(dev, m.dtype)[c2g[pred]]
+        return pred.cpu(), (conf > 0).cpu(), m.cpu(), conf.cpu()
 
     @torch.no_grad()
     def decide(self, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(class [N], accept [N] bool, margin [N], confidence [N])`` on CPU;
-        ``confidence = margin - t[group(class)]`` and ``accept = confidence > 0``."""
-        eta = self.posterior(logits)
-        c2g = self.class_to_group.to(eta.device)
-        m, pred = margin_and_prediction(eta, self.alpha.to(eta.device), self.mu.to(eta.device),
-                                        c2g, as_margin_variant(self.margin_variant))
-        conf = m - self.t.to(eta.device, eta.dtype)[c2g[pred]]
-        return pred.cpu(), (conf > 0).cpu(), m.cpu(), conf.cpu()
+        ``confidence = margin - t[group(class)]`` and ``accept = confidence > 0``.
+        Chunked over rows (:meth:`grouped_posterior`)."""
+        return self.decide_grouped(self.grouped_posterior(logits))
 
     def predict(self, logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Expert logits ``[N, E, C]`` -> ``(class [N], accept [N] bool, margin [N])``."""
@@ -164,23 +224,41 @@ def check_bundle_matches(predictor: ArgsePredictor, bundle) -> None:
             expected="the bundle the checkpoint was trained on")
 
 
-def model_metrics(predictor: ArgsePredictor, bundle, split: str,
-                  coverage: float | None = None) -> dict[str, float]:
-    """Metrics dict (see :func:`core.argse.evaluation.selective_metrics`) on ``split``.
+def split_features(predictor: ArgsePredictor, logits) -> torch.Tensor:
+    """Gating features ``[N, 7E+3]`` of ``logits [N, E, C]`` under the predictor's
+    temperatures, chunked (on the predictor's device)."""
+    feats = [f for _, _, f in predictor._chunks(logits)]
+    if not feats:
+        return torch.empty(0, gating_feature_dim(predictor.num_experts), device=predictor.device)
+    return torch.cat(feats)
 
-    ``coverage``: the operating point; the rule is judged at exactly that coverage on the
-    split (one threshold shift). Default: the checkpoint's ``eval_coverage``; a
-    checkpoint without one is judged at its own thresholds. ``deployed_coverage`` is
-    the coverage of the stored thresholds as they are.
-    """
-    check_bundle_matches(predictor, bundle)
-    logits, labels = split_tensors(bundle, split)
-    pred, acc, _, conf = predictor.decide(logits)
+
+def grouped_metrics(predictor: ArgsePredictor, gp: GroupedPosterior, labels: torch.Tensor,
+                    coverage: float | None = None) -> dict[str, float]:
+    """:func:`model_metrics` from the split's grouped posterior
+    (:meth:`ArgsePredictor.grouped_posterior`) and labels ``[N]``."""
+    pred, acc, _, conf = predictor.decide_grouped(gp)
     coverage = predictor.eval_coverage if coverage is None else coverage
     out = selective_metrics(conf, pred, labels, predictor.class_to_group,
                             predictor.num_groups, accept=acc, coverage=coverage)
     out["deployed_coverage"] = float(acc.double().mean()) if acc.numel() else 0.0
     return out
+
+
+def model_metrics(predictor: ArgsePredictor, bundle, split: str,
+                  coverage: float | None = None, on_step=None) -> dict[str, float]:
+    """Metrics dict (see :func:`core.argse.evaluation.selective_metrics`) on ``split``.
+
+    ``coverage``: the operating point; the rule is judged at exactly that coverage on the
+    split (one threshold shift). Default: the checkpoint's ``eval_coverage``; a
+    checkpoint without one is judged at its own thresholds. ``deployed_coverage`` is
+    the coverage of the stored thresholds as they are. The split is read in chunks of
+    rows (``on_step(done, total)`` after each), float16 bundles upcast per chunk.
+    """
+    check_bundle_matches(predictor, bundle)
+    logits, labels = split_tensors(bundle, split, upcast=False)
+    gp = predictor.grouped_posterior(logits, on_step=on_step)
+    return grouped_metrics(predictor, gp, labels, coverage)
 
 
 def evaluate_checkpoint(path: str | Path, bundle, split: str, device="auto",

@@ -33,15 +33,16 @@ from core.argse.data import (
     batch_order,
     check_training_bundle,
     class_to_group_tensor,
+    gate_split,
     prepare_split,
     split_tensors,
     stratified_split,
 )
 from core.argse.features import gating_feature_dim
-from core.argse.gating import GatingNet, gate, gate_all
-from core.argse.losses import build_group_priors, mixture_nll, selective_loss
-from core.argse.margins import MarginVariant, margin_and_prediction
-from core.argse.predictor import model_metrics, predictor_from_state
+from core.argse.gating import GatingNet, gate
+from core.argse.losses import build_group_priors, mixture_nll_at_label, selective_loss
+from core.argse.margins import GroupedPosterior, MarginVariant, margin_and_prediction
+from core.argse.predictor import grouped_metrics, predictor_from_state, split_features
 from core.argse.rules import (
     MuScorer,
     calibrate_thresholds,
@@ -133,6 +134,12 @@ class _Run:
                     fnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)))
         self.idx1 = self.idx2 = torch.empty(0, dtype=torch.long)
         self._rule_cache: tuple | None = None  # (gate_version, rule) of the plug-in path
+        # grouped posteriors by (split, gate): (version, float32 form, float64 form).
+        # The gate only moves in training epochs, so every rule step between two epochs
+        # reads the same posteriors (a nll-mode gate: all cycles); see _grouped
+        self._gp_cache: dict[tuple[str, str], tuple[int, GroupedPosterior,
+                                                    GroupedPosterior]] = {}
+        self._val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.gate_version = 0  # +1 per gate training epoch
         self.gen = torch.Generator().manual_seed(config.seed)
         self.logs: list[dict] = []
@@ -162,8 +169,8 @@ class _Run:
         total, n = torch.zeros((), device=self.dev), 0
         for idx in batch_order(len(split), self.cfg.batch_size, self.gen):
             idx = idx.to(self.dev)
-            _, eta = gate(net, split.features[idx], split.probs[idx])
-            loss = (mixture_nll(eta, split.labels[idx]) * sw[idx]).mean()
+            w = torch.softmax(net(split.features[idx]), dim=1)
+            loss = (mixture_nll_at_label(w, split.label_probs_at(idx)) * sw[idx]).mean()
             self._clip_step(loss, opt, params)
             total += loss.detach()
             n += 1
@@ -188,8 +195,8 @@ class _Run:
         total, n = torch.zeros((), device=self.dev), 0
         for idx in batch_order(len(self.s1), self.cfg.batch_size, self.gen):
             idx = idx.to(self.dev)
-            _, eta = gate(self.net, self.s1.features[idx], self.s1.probs[idx])
-            loss = mixture_nll(eta, self.s1.labels[idx]).mean()
+            w = torch.softmax(self.net(self.s1.features[idx]), dim=1)
+            loss = mixture_nll_at_label(w, self.s1.label_probs_at(idx)).mean()
             self._clip_step(loss)
             total += loss.detach()
             n += 1
@@ -197,8 +204,8 @@ class _Run:
 
     def init_thresholds(self) -> None:
         """``t_k`` = the ``1 - tau_k`` quantile of S1 margins of true-label group k."""
-        _, eta = gate_all(self.net, self.s1.features, self.s1.probs)
-        m, _ = margin_and_prediction(eta, self.alpha, self.mu, self.c2g, self.cfg.margin)
+        gp = self._grouped("s1")[0]
+        m, _ = margin_and_prediction(gp, self.alpha, self.mu, self.c2g, self.cfg.margin)
         with torch.no_grad():
             for g in range(self.k):
                 sel = m[self.s1.groups == g]
@@ -213,7 +220,7 @@ class _Run:
         parts_sum: dict[str, torch.Tensor] = {}
         for idx in batch_order(len(self.s1), cfg.batch_size, self.gen):
             idx = idx.to(self.dev)
-            w, eta = gate(self.net, self.s1.features[idx], self.s1.probs[idx])
+            w, eta = gate(self.net, self.s1.features[idx], self.s1.probs_at(idx))
             loss, parts, _, _ = selective_loss(
                 eta, w, self.s1.labels[idx], self.s1.groups[idx], alpha=self.alpha,
                 mu=self.mu, t=self.t, class_to_group=self.c2g, targets=self.targets,
@@ -231,7 +238,7 @@ class _Run:
 
     def b2(self) -> None:
         cfg = self.cfg
-        _, eta = gate_all(self.net, self.s1.features, self.s1.probs)
+        eta = self._grouped("s1")[0]
         t = self.t.detach()
         if cfg.alpha_update == "seed":
             self.alpha = update_alpha_seed(
@@ -246,7 +253,7 @@ class _Run:
 
     def b3(self) -> dict[str, float]:
         cfg = self.cfg
-        _, eta = gate_all(self.net, self.s2.features, self.s2.probs)
+        eta = self._grouped("s2")[0]
         # score mu where the model will operate: at the coverage targets under the
         # evaluation rule (see SelectiveConfig, mu_ema) unless thresholds stay as learnt
         per_group = self.targets.tolist() if cfg.calibrate_thresholds else None
@@ -264,19 +271,48 @@ class _Run:
             return self.full
         return self.s2
 
-    def _fit_posterior(self) -> torch.Tensor:
-        """The gated posterior ``[N, C]`` the final rule is fit on: on ``_fit_split()``,
-        out of fold when cross-fitting (S2 by the S1 gate, S1 by the S2 gate)."""
-        if not self.crossfit:
-            fit = self._fit_split()
-            return gate_all(self.net, fit.features, fit.probs)[1]
-        oof = torch.empty(len(self.full), self.full.probs.shape[2], device=self.dev)
-        for (fnet, _), split, idx in zip(self.folds, (self.s2, self.s1),
-                                         (self.idx2, self.idx1), strict=True):
-            oof[idx.to(self.dev)] = gate_all(fnet, split.features, split.probs)[1]
-        return oof
+    def _grouped(self, which: str, gate_kind: str = "learned"
+                 ) -> tuple[GroupedPosterior, GroupedPosterior]:
+        """The posterior of ``which`` (``s1``, ``s2``, ``full`` or ``oof``: ``full`` out of
+        fold) under the learned gate, the uniform-gate net (``uniform_net``) or the plain
+        expert mean (``mean``), grouped in float32 (the rule steps' form) and float64 (the
+        plug-in fit's), from one pass over ``[N, E, C]``; cached until the gate moves.
+        ``s1``/``s2`` are rows of ``full`` (eval mode: each row's posterior is its own)."""
+        key = (which, gate_kind)
+        version = self.gate_version if gate_kind == "learned" else 0
+        hit = self._gp_cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1], hit[2]
+        if which in ("s1", "s2"):
+            g32, g64 = self._grouped("full", gate_kind)
+            idx = (self.idx1 if which == "s1" else self.idx2).to(self.dev)
+            out = (g32.subset(idx), g64.subset(idx))
+        else:
+            if which == "oof":
+                eta = torch.empty(len(self.full), self.full.probs.shape[2], device=self.dev)
+                for (fnet, _), split, idx in zip(self.folds, (self.s2, self.s1),
+                                                 (self.idx2, self.idx1), strict=True):
+                    eta[idx.to(self.dev)] = gate_split(fnet, split)[1]
+            elif gate_kind == "mean":
+                eta = self.full.mean_probs()
+            else:
+                net = self.net if gate_kind == "learned" else uniform_gate(self.net)
+                eta = gate_split(net, self.full)[1]
+            out = (GroupedPosterior.from_posterior(eta, self.c2g, self.k),
+                   GroupedPosterior.from_posterior(eta.double(), self.c2g, self.k))
+            del eta
+        self._gp_cache[key] = (version, *out)
+        return out
 
-    def _plugin_rule(self, eta: torch.Tensor, labels: torch.Tensor
+    def _fit_posterior(self) -> tuple[GroupedPosterior, GroupedPosterior]:
+        """The gated posterior the final rule is fit on (grouped, float32 and float64):
+        on ``_fit_split()``, out of fold when cross-fitting (S2 by the S1 gate, S1 by
+        the S2 gate)."""
+        if self.crossfit:
+            return self._grouped("oof")
+        return self._grouped("full" if self._fit_split() is self.full else "s2")
+
+    def _plugin_rule(self, eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         alpha, mu = fit_plugin(eta, labels, self.c2g, self.k, self.cfg.eval_coverage,
                                self.cfg.mu_objective)
@@ -286,7 +322,8 @@ class _Run:
         """Plug-in rule of the uniform mixture on the fit split (fixed: fit once)."""
         if self._uniform_rule is None:
             fit = self._fit_split()
-            self._uniform_rule = self._plugin_rule(fit.probs.mean(dim=1), fit.labels)
+            gp = self._grouped("full" if fit is self.full else "s2", "mean")[1]
+            self._uniform_rule = self._plugin_rule(gp, fit.labels)
         return self._uniform_rule
 
     def _scores(self, split: PreparedSplit, eta, alpha, mu, t, margin) -> tuple[float, float]:
@@ -313,7 +350,7 @@ class _Run:
             # the rule depends only on the gate: refit only when the gate has moved
             if self._rule_cache is None or self._rule_cache[0] != self.gate_version:
                 self._rule_cache = (self.gate_version, self._plugin_rule(
-                    self._fit_posterior(), self._fit_split().labels))
+                    self._fit_posterior()[1], self._fit_split().labels))
             alpha, mu = self._rule_cache[1]
             margin: MarginVariant = "plugin"
             t = zero
@@ -321,8 +358,8 @@ class _Run:
             alpha, mu, margin = self.alpha, self.mu, cfg.margin
             t = self.t.detach().clone()
             if cfg.calibrate_thresholds:
-                _, eta = gate_all(self.net, self.full.features, self.full.probs)
-                m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
+                gp = self._grouped("full")[0]
+                m, pred = margin_and_prediction(gp, alpha, mu, self.c2g, margin)
                 # a global target is the same tau for every group (SelectiveConfig)
                 t = calibrate_thresholds(m, self.c2g[pred], t, self.targets.tolist(),
                                          global_target=False)
@@ -330,20 +367,19 @@ class _Run:
         if cfg.uniform_check and gate_kind == "learned":
             # judged on data the gate did not see: S2, or all of tunev out of fold
             check = self.full if self.crossfit else self.s2
-            eta_check = self._fit_posterior() if self.crossfit else gate_all(
-                self.net, self.s2.features, self.s2.probs)[1]
+            eta_check = self._fit_posterior()[0] if self.crossfit else self._grouped("s2")[0]
             ua, umu = self._uniform()
             gated = self._scores(check, eta_check, alpha, mu, t, margin)
-            uniform = self._scores(check, check.probs.mean(dim=1), ua, umu, zero, "plugin")
+            mean_check = self._grouped("full" if self.crossfit else "s2", "mean")[0]
+            uniform = self._scores(check, mean_check, ua, umu, zero, "plugin")
             # the learned gate stays only if it is no worse on the coverage-free area (the
             # less noisy statistic) and within uniform_check_tol at the operating point
             if not (gated[1] <= uniform[1] and gated[0] <= uniform[0] + cfg.uniform_check_tol):
                 alpha, mu, margin, t, gate_kind = ua, umu, "plugin", zero, "uniform"
-        net = self.net if gate_kind == "learned" or cfg.gate == "uniform" \
-            else uniform_gate(self.net)
+        learned = gate_kind == "learned" or cfg.gate == "uniform"
         # the operating point: one shift so the rule's coverage on tunev is eval_coverage
-        _, eta = gate_all(net, self.full.features, self.full.probs)
-        m, pred = margin_and_prediction(eta, alpha, mu, self.c2g, margin)
+        gp = self._grouped("full", "learned" if learned else "uniform_net")[0]
+        m, pred = margin_and_prediction(gp, alpha, mu, self.c2g, margin)
         z = m - t.to(m.dtype)[self.c2g[pred]]
         shift = coverage_shift(z.detach().cpu().numpy(), cfg.eval_coverage)
         self.rule_alpha, self.rule_mu = alpha.float(), mu.float()
@@ -355,6 +391,25 @@ class _Run:
         if self.rule_gate == "uniform" and self.cfg.gate != "uniform":
             return uniform_gate(self.net)
         return self.net
+
+    def val_metrics(self) -> dict[str, float]:
+        """``model_metrics(self.predictor(), bundle, "val", eval_coverage)``, with val's
+        gating features computed once per run (they depend only on the temperatures)
+        and its grouped posterior once per gate: the same numbers for a fraction of the
+        work (a report per cycle used to re-featurise all of val)."""
+        pred = self.predictor()
+        logits, labels = split_tensors(self.bundle, "val", upcast=False)
+        if self._val is None:
+            self._val = (split_features(pred, logits), labels, torch.empty(0))
+        feats = self._val[0]
+        key = ("val", self.rule_gate)
+        version = self.gate_version if self.rule_gate == "learned" else 0
+        hit = self._gp_cache.get(key)
+        if hit is None or hit[0] != version:
+            gp = pred.grouped_posterior(logits, features=feats)
+            self._gp_cache[key] = (version, gp, gp)
+        return grouped_metrics(pred, self._gp_cache[key][1], labels,
+                               coverage=self.cfg.eval_coverage)
 
     # ---- checkpoints -----------------------------------------------------------------
     def predictor(self):
@@ -507,8 +562,7 @@ def train_selective(config: SelectiveConfig, bundle, report: Report | None = Non
         if report is not None or step == config.cycles:
             # val metrics only where someone reads them (a report, the result): the
             # loop itself never looks at val; they are taken at the operating point
-            metrics = model_metrics(run.predictor(), bundle, "val",
-                                    coverage=config.eval_coverage)
+            metrics = run.val_metrics()
             metrics["loss"] = log["loss"]
             metrics["cycle"] = float(step)
             log["val"] = dict(metrics)

@@ -71,3 +71,23 @@ def test_two_trial_sweep_with_fractional_gpus(bundle_dir, tmp_path):
         assert all(abs(t["metrics"]["coverage"] - 0.7) <= 0.005 for t in status["trials"])
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_baselines_and_chunked_metrics_on_cuda_match_cpu(bundle_dir):
+    """The chunked passes (temperatures, posteriors, grouped summaries) on ``cuda``:
+    the same plug-in parameters and baseline metrics as on the CPU (to rounding)."""
+    from core.argse.baselines import baseline_metrics, fit_baselines
+    from core.bundles import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    gpu = fit_baselines(bundle, device="cuda")
+    cpu = fit_baselines(bundle, device="cpu")
+    assert gpu.device.type == "cuda"
+    assert gpu.temperatures == pytest.approx(cpu.temperatures, rel=1e-5)
+    for split in ("val", "test"):
+        g = baseline_metrics(bundle, split, 0.7, gpu)
+        c = baseline_metrics(bundle, split, 0.7, cpu)
+        for name in ("chow:mixture", "plugin_balanced", "plugin_worst"):
+            assert g[name]["worst_group_error"] == pytest.approx(
+                c[name]["worst_group_error"], abs=0.02), (split, name)
+            assert g[name]["coverage"] == pytest.approx(0.7, abs=0.005)

@@ -171,9 +171,16 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def _save_and_report(bundle, args: argparse.Namespace, seconds: float, verb: str) -> int:
-    from core.bundles import load_bundle, save_bundle
+    from core.bundles import save_bundle
 
     out = save_bundle(bundle, args.out, overwrite=args.overwrite)
+    del bundle
+    return _report_saved(out, args, seconds, verb)
+
+
+def _report_saved(out, args: argparse.Namespace, seconds: float, verb: str) -> int:
+    from core.bundles import load_bundle
+
     saved = load_bundle(out)
     rows = ", ".join(f"{k}={len(v)}" for k, v in saved.splits.items())
     _note(f"seltune data {verb}: wrote {out} ({saved.kind}, {rows}; {seconds:.1f} s)")
@@ -204,9 +211,22 @@ def run_import(args: argparse.Namespace) -> int:
             kwargs["split_map"] = importers.parse_split_map(args.split_map)
         kwargs.update(class_counts=args.class_counts, imbalance=args.imbalance,
                       max_count=args.max_count)
-        bundle: Any = importers.import_argse_dir(args.src, **kwargs)
+        from tuning.terminal import progress
+
+        # streamed to --out one split at a time (core.importers.import_argse_bundle)
+        with progress() as bar:
+            task = bar.add_task("data import", total=None, status="expert files")
+            try:
+                out = importers.import_argse_bundle(
+                    args.src, args.out, overwrite=args.overwrite,
+                    on_step=lambda done, total: bar.update(task, completed=done, total=total),
+                    **kwargs)
+            except BaseException:
+                bar.update(task, visible=False)  # a bad input stays one line
+                raise
         for line in notes:
             _note(f"seltune data import: {line}")
+        return _report_saved(out, args, time.perf_counter() - t0, "import")
     else:
         _reject(args, ("group_boundaries", "experts", "split_map", "class_counts",
                        "imbalance", "max_count"), "stage1")

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from core.device import DEVICE_CHOICES
-from tuning.terminal import print_metrics
+from tuning.terminal import print_metrics, progress
 from tuning.trainables import for_checkpoint
 
 EXPORT_CHECKPOINT = "checkpoint"
@@ -50,6 +50,14 @@ def run(args: argparse.Namespace) -> int:
     adapter = for_checkpoint(checkpoint, _EXPORT_LAYOUT)
     adapter.check_bundle_dir(checkpoint, args.data)
     bundle = adapter.load_bundle(args.data)
-    result = adapter.evaluate(checkpoint, bundle, args.split, args.device)
+    with progress() as bar:  # stderr: a long split shows its rows, --json stays clean
+        task = bar.add_task(f"evaluate {args.split}", total=None, status="")
+        try:
+            result = adapter.evaluate(
+                checkpoint, bundle, args.split, args.device,
+                on_step=lambda done, total: bar.update(task, completed=done, total=total))
+        except BaseException:
+            bar.update(task, visible=False)  # an error stays one line
+            raise
     print_metrics(args.split, result.metrics, args.json)
     return 0

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from core.atomic import atomic_dir
 from core.config import config_to_dict
 from tuning.results.baselines import verdicts
-from tuning.trainables.base import MODEL, Adapter, Evaluation, RuleScores
+from tuning.trainables.base import MODEL, Adapter, Evaluation, OnStep, RuleScores
 
 #: ``fit_baselines`` of the last bundle object seen: ``[(bundle, fitted)]`` or empty.
 _FITTED: list[tuple[Any, Any]] = []
@@ -136,7 +136,8 @@ class ArgseAdapter(Adapter):
             check_expert_order(stored, names, checkpoint=ckpt["_file"], bundle=bundle_dir)
 
     def evaluate(self, checkpoint: Path, bundle: Any, split: str, device: str, *,
-                 coverage: float | None = None, baselines: bool = False) -> Evaluation:
+                 coverage: float | None = None, baselines: bool = False,
+                 on_step: OnStep | None = None) -> Evaluation:
         """The model at ``coverage`` (None: the checkpoint's ``eval_coverage``; a
         checkpoint without one is judged at its own thresholds), and the baselines at
         that coverage (for an old checkpoint without one: the model's realised
@@ -146,7 +147,7 @@ class ArgseAdapter(Adapter):
 
         predictor = load_predictor(checkpoint, device)
         at = predictor.eval_coverage if coverage is None else coverage
-        metrics = model_metrics(predictor, bundle, split, at)
+        metrics = model_metrics(predictor, bundle, split, at, on_step=on_step)
         if not baselines:
             return Evaluation(metrics)
         return Evaluation(metrics, baseline_metrics(

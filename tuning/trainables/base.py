@@ -35,6 +35,9 @@ MODEL = "tuned model"
 #: Per-group metrics (``coverage_g0``, ``error_g1``): their number depends on the bundle.
 PER_GROUP = re.compile(r"(coverage|error)_g\d+")
 
+#: ``on_step(done, total)``: progress of a long evaluation (rows done of total).
+OnStep = Callable[[int, int], None]
+
 #: ``report(metrics, checkpoint_dir)``: what a core trainer calls after each iteration.
 Report = Callable[[dict[str, Any], str], None]
 
@@ -204,11 +207,13 @@ class Adapter(ABC):
 
     @abstractmethod
     def evaluate(self, checkpoint: Path, bundle: Any, split: str, device: str, *,
-                 coverage: float | None = None, baselines: bool = False) -> Evaluation:
+                 coverage: float | None = None, baselines: bool = False,
+                 on_step: OnStep | None = None) -> Evaluation:
         """Score ``checkpoint`` on ``bundle``'s ``split``, and with ``baselines`` every
         training-free baseline at the same operating point.
 
-        ``coverage``: the operating point (None: the checkpoint's own)."""
+        ``coverage``: the operating point (None: the checkpoint's own); ``on_step(done,
+        total)``: progress over the split's rows, where the evaluation has steps."""
 
     def model_beside_baselines(self, checkpoint: Path, bundle: Any, coverage: float | None,
                                device: str) -> dict[str, Any]:

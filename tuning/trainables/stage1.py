@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from core.stage1.config import Stage1Config
-from tuning.trainables.base import MODEL, Adapter, Evaluation, Report, RuleScores
+from tuning.trainables.base import MODEL, Adapter, Evaluation, OnStep, Report, RuleScores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,11 +102,12 @@ class Stage1(Adapter):
         return path.is_file() and path.name == HEAD_FILE
 
     def evaluate(self, checkpoint: Path, bundle: Any, split: str, device: str, *,
-                 coverage: float | None = None, baselines: bool = False) -> Evaluation:
+                 coverage: float | None = None, baselines: bool = False,
+                 on_step: OnStep | None = None) -> Evaluation:
         """:func:`core.stage1.evaluate_checkpoint`: every number at the checkpoint's
         operating point (its gate threshold is fit at its ``eval_coverage``), so
         ``coverage`` is not used; ``split`` ``val`` is ``val_select``, as training
-        reports it."""
+        reports it. One pass over the split's features: ``on_step`` is not called."""
         from core.stage1.artifacts import evaluate_checkpoint
 
         r = evaluate_checkpoint(checkpoint, bundle, split, device)

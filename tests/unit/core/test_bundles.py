@@ -22,6 +22,7 @@ from core.bundles import (
     load_expert_bundle,
     load_feature_bundle,
     save_bundle,
+    save_bundle_v1,
     validate_bundle,
 )
 from core.errors import InputError
@@ -74,8 +75,55 @@ def test_expert_bundle_round_trip_identical(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "argse" and manifest["num_classes"] == 12
     assert manifest["splits"]["val"]["rows"] == 20
+    assert manifest["format_version"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "test.parquet", "tunev.parquet", "val.parquet"]
+        "manifest.json", "test_labels.npy", "test_logits.npy", "tunev_labels.npy",
+        "tunev_logits.npy", "val_labels.npy", "val_logits.npy"]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_format_1_parquet_bundles_still_load(tmp_path, half):
+    b = make_expert_bundle()
+    if half:
+        b = ExpertBundle(b.expert_names, b.class_counts, b.class_to_group,
+                         {n: ExpertSplit(s.logits.astype(np.float16), s.labels)
+                          for n, s in b.splits.items()})
+    out = save_bundle_v1(b, tmp_path / "old")
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == 1
+    assert (out / "test.parquet").is_file()
+    got = load_bundle(out)
+    for name, split in b.splits.items():
+        assert got.splits[name].logits.dtype == split.logits.dtype
+        assert got.splits[name].logits.tobytes() == split.logits.tobytes()
+        np.testing.assert_array_equal(got.splits[name].labels, split.labels)
+    # re-saving an old bundle writes the current format, the same arrays
+    again = load_bundle(save_bundle(got, tmp_path / "new"))
+    for name, split in b.splits.items():
+        assert again.splits[name].logits.tobytes() == split.logits.tobytes()
+
+
+def test_mapped_split_rejects_non_finite_and_truncated_files(tmp_path):
+    b = make_expert_bundle()
+    out = save_bundle(b, tmp_path / "b")
+    arr = np.load(out / "val_logits.npy")
+    arr[7, 1, 3] = np.nan
+    np.save(out / "val_logits.npy", arr)
+    with pytest.raises(InputError, match=r"non-finite value nan at index \[7, 1, 3\]"):
+        load_bundle(out)
+    raw = (out / "test_logits.npy").read_bytes()
+    (out / "test_logits.npy").write_bytes(raw[:-10])
+    np.save(out / "val_logits.npy", b.splits["val"].logits)
+    with pytest.raises(InputError, match="truncated"):
+        load_bundle(out)
+
+
+def test_a_newer_format_is_refused_in_one_line(tmp_path):
+    out = save_bundle(make_expert_bundle(), tmp_path / "b")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="format_version"):
+        load_bundle(out)
 
 
 @pytest.mark.parametrize("extras", [True, False])
@@ -102,13 +150,14 @@ def test_load_is_zero_copy_and_private(tmp_path):
     out = save_bundle(b, tmp_path / "b")
     got = load_bundle(out)
     logits = got.splits["test"].logits
-    assert not logits.flags.owndata  # a view of the decoded Arrow buffer, not a copy
+    assert not logits.flags.owndata  # a view of the file's mapping, not a copy
+    assert logits.flags.writeable  # copy-on-write: torch may write in place safely
     t = as_tensor(logits)
     assert t.data_ptr() == logits.ctypes.data  # shares memory with numpy
     assert tuple(t.shape) == logits.shape
     # writing to the in-memory bundle never touches the file
-    if logits.flags.writeable:
-        logits[0, 0, 0] = 1234.0
+    logits[0, 0, 0] = 1234.0
+    t[1, 0, 0] = 99.0
     again = load_bundle(out)
     assert again.splits["test"].logits.tobytes() == b.splits["test"].logits.tobytes()
 
@@ -189,8 +238,10 @@ def test_load_rejects_non_bundles_and_tampering(tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="999 rows"):
         load_bundle(out)
-    (out / "test.parquet").unlink()
-    with pytest.raises(InputError):
+    manifest["splits"]["val"]["rows"] = 20
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "test_logits.npy").unlink()
+    with pytest.raises(InputError, match=r"test_logits\.npy"):
         load_bundle(out)
 
 
@@ -320,7 +371,7 @@ def test_float16_logits_stay_float16_on_disk_and_in_memory(tmp_path):
     assert half.splits["tunev"].logits.dtype == np.float16  # not upcast in memory
     out16 = save_bundle(half, tmp_path / "b16")
     out32 = save_bundle(b, tmp_path / "b32")
-    size = {o: (o / "test.parquet").stat().st_size for o in (out16, out32)}
+    size = {o: (o / "test_logits.npy").stat().st_size for o in (out16, out32)}
     assert size[out16] < 0.7 * size[out32]
     got = load_bundle(out16)
     for name, split in half.splits.items():

@@ -10,7 +10,7 @@ import torch
 
 from core.bundles import EXPERT_SPLITS, load_bundle, save_bundle
 from core.errors import InputError
-from core.importers import import_argse_dir, import_stage1_dir
+from core.importers import import_argse_bundle, import_argse_dir, import_stage1_dir
 
 C = 6
 COUNTS = [100, 60, 30, 15, 8, 3]
@@ -141,6 +141,31 @@ def test_import_argse_bad_inputs(tmp_path, defect):
     with pytest.raises(InputError, match=match) as info:
         import_argse_dir(tmp_path / "src")
     assert "\n" not in str(info.value)
+
+
+def test_streaming_import_writes_the_same_bundle(tmp_path):
+    make_argse_dir(tmp_path / "src")
+    steps = []
+    out = import_argse_bundle(tmp_path / "src", tmp_path / "b", group_boundaries=(10, 50),
+                              on_step=lambda d, t: steps.append((d, t)))
+    got, ref = load_bundle(out), import_argse_dir(tmp_path / "src", group_boundaries=(10, 50))
+    assert got.expert_names == ref.expert_names and got.group_boundaries == (10, 50)
+    np.testing.assert_array_equal(got.class_to_group, ref.class_to_group)
+    for name in EXPERT_SPLITS:
+        assert got.splits[name].logits.tobytes() == ref.splits[name].logits.tobytes()
+        np.testing.assert_array_equal(got.splits[name].labels, ref.splits[name].labels)
+    total = len(EXPERT_SPLITS) * ref.num_experts
+    assert steps == [(i + 1, total) for i in range(total)]
+
+
+@pytest.mark.parametrize("defect", ["nan", "counts_length", "missing_split"])
+def test_streaming_import_leaves_nothing_on_bad_input(tmp_path, defect):
+    make_argse_dir(tmp_path / "src")
+    match = _break(tmp_path / "src", defect)
+    with pytest.raises(InputError, match=match) as info:
+        import_argse_bundle(tmp_path / "src", tmp_path / "b")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "b").exists()
 
 
 def test_import_argse_not_a_dir(tmp_path):

@@ -1,4 +1,4 @@
-"""Data bundles: what the trainables read (ALGORITHMS.md section 1).
+"""Data bundles: what the trainables read (docs/METHODS.md §1).
 
 Two kinds of bundle, both a directory::
 

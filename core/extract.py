@@ -1,4 +1,4 @@
-"""Frozen-backbone feature extraction into a Stage-1 feature bundle (ALGORITHMS.md §3).
+"""Frozen-backbone feature extraction into a Stage-1 feature bundle (docs/METHODS.md §4).
 
 A ``transformers`` vision backbone (``AutoModel`` + ``AutoImageProcessor``; DINOv2 and
 DINOv3 ViTs) runs once over an image folder; the CLS token

@@ -1,5 +1,5 @@
 """AR-GSE gating: features, gating net, temperature scaling, pretrain and selective
-training, baselines, checkpoints and predictor (ALGORITHMS.md §2, §5).
+training, baselines, checkpoints and predictor (docs/METHODS.md §3, §6).
 
 No Ray here: the training functions take a ``report(metrics, checkpoint_dir)``
 callback and run the same under Tune, in a test or from ``seltune train``.

@@ -1,4 +1,4 @@
-"""Baselines reported beside every AR-GSE result (ALGORITHMS.md §5).
+"""Baselines reported beside every AR-GSE result (docs/METHODS.md §6).
 
 All on the same expert logits, temperature-calibrated per expert on ``tunev``, with no
 trained gate, and evaluated at the *same coverage* as the model being compared (the

@@ -1,4 +1,4 @@
-"""Checkpoint files in the seed's format, written atomically (ALGORITHMS.md §2).
+"""Checkpoint files in the seed's format, written atomically (docs/METHODS.md §3).
 
 ``gating_pretrained.ckpt``: ``gating_net_state_dict``, ``num_experts``,
 ``num_classes``, ``num_groups``, ``gating_feature_dim``, ``config``.

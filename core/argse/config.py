@@ -1,4 +1,4 @@
-"""Config dataclasses of the two AR-GSE gating modes (ALGORITHMS.md §2).
+"""Config dataclasses of the two AR-GSE gating modes (docs/METHODS.md §3).
 
 Defaults are the seed's (``argse-gating-training.md``) except ``batch_size``: the seed's
 2 is a default to beat; 256 gives the same quality far faster (see
@@ -96,7 +96,7 @@ class SelectiveConfig:
       towards the group priors; both small so that L_sel and the coverage terms lead.
     - ``beta_tail`` weighs every non-head group (g >= 1) in L_sel.
     - Defaults ``margin="plugin"``, ``alpha_update="paper"`` (Theorem 1 and Algorithm 1
-      of Narasimhan et al.; ALGORITHMS.md lists both variants as a config choice). The
+      of Narasimhan et al.; docs/METHODS.md lists both variants as a config choice). The
       seed pair (``"seed"``, ``"seed"``) is available, but with alpha clamped to the
       seed's [0.85, 1.15] its ``max alpha*eta`` cannot move predictions towards the
       tail (its update raises alpha of the group accepted more, i.e. the head): on the

@@ -1,4 +1,4 @@
-"""Tensors the gating trainers read, built once per split (ALGORITHMS.md §1-2).
+"""Tensors the gating trainers read, built once per split (docs/METHODS.md §1, §3).
 
 A :class:`PreparedSplit` holds, for one split and one set of expert temperatures, the
 gating features ``[N, 7E+3]``, the expert posteriors ``[N, E, C]``, the posteriors of

@@ -1,5 +1,5 @@
 """Metrics of a selective rule on one split: the one function train, evaluate,
-baselines and export share (ALGORITHMS.md §2 "Evaluation", §4).
+baselines and export share (docs/METHODS.md §3, §5).
 
 A rule is given by its predictions ``ŷ [N]`` and confidences ``conf [N]`` with
 acceptance ``conf > 0``; for AR-GSE ``conf = m(x) - t[group(ŷ)]``. With ``coverage``

@@ -1,4 +1,4 @@
-"""Gating features ``phi(logits) in R^{7E+3}`` (ALGORITHMS.md §2, the seed's GatingFeatureBuilder).
+"""Gating features ``phi(logits) in R^{7E+3}`` (docs/METHODS.md §3, the seed's GatingFeatureBuilder).
 
 Shapes: B samples, E experts, C classes. The features depend only on the (temperature
 scaled) expert logits, never on the gating net, so the trainers compute them once per

@@ -1,4 +1,4 @@
-"""The gating MLP and the mixture posterior (ALGORITHMS.md §2).
+"""The gating MLP and the mixture posterior (docs/METHODS.md §3).
 
 ``GatingNet``: ``[B, 7E+3] -> hidden (Linear, BatchNorm, ReLU, Dropout)* -> [B, E]``
 raw weights; ``w = softmax``. Mixture ``eta = sum_e w_e p_e`` with ``p_e`` the

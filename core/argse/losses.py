@@ -1,4 +1,4 @@
-"""Losses of the two gating modes (ALGORITHMS.md §2). Small pure functions.
+"""Losses of the two gating modes (docs/METHODS.md §3). Small pure functions.
 
 Shapes: B samples, E experts, C classes, K groups. ``eta [B, C]`` is the mixture
 posterior, ``w [B, E]`` the gating weights, ``labels [B]`` int64, ``label_groups [B]``

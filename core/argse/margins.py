@@ -1,4 +1,4 @@
-"""Selective margins of the AR-GSE rule (ALGORITHMS.md §2).
+"""Selective margins of the AR-GSE rule (docs/METHODS.md §3).
 
 Shapes: B samples, C classes, K groups, M candidate rules. ``eta`` is the mixture
 posterior ``[B, C]``, ``alpha`` and ``mu`` are per-group ``[K]``, ``class_to_group``

@@ -1,4 +1,4 @@
-"""Pretrain mode: the gate learns a plain mixture of experts (ALGORITHMS.md §2).
+"""Pretrain mode: the gate learns a plain mixture of experts (docs/METHODS.md §3).
 
 ``train_pretrain(config, bundle, report)`` trains on all of ``tunev`` with the seed's
 mixture cross-entropy (sample weights, entropy/diversity penalties, gradient

@@ -1,4 +1,4 @@
-"""The non-gradient steps of selective training (ALGORITHMS.md §2, Stage B2/B3).
+"""The non-gradient steps of selective training (docs/METHODS.md §3, Stage B2/B3).
 
 Shapes: N samples, C classes, K groups, M candidates. All steps are vectorised over
 samples and candidates; python loops run only over groups, grid coordinates and EG

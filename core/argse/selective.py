@@ -1,4 +1,4 @@
-"""Selective mode: Stage A, then cycles of B1 / B2 / B3 (ALGORITHMS.md §2).
+"""Selective mode: Stage A, then cycles of B1 / B2 / B3 (docs/METHODS.md §3).
 
 - Stage A (``stageA_epochs``): mixture CE on S1; thresholds ``t_k`` start at the
   ``1 - tau_k`` quantile of the margins of true-label group k.

@@ -1,4 +1,4 @@
-"""Per-expert temperature scaling (ALGORITHMS.md §2).
+"""Per-expert temperature scaling (docs/METHODS.md §3).
 
 Each expert's temperature ``T_e`` minimises the NLL of ``softmax(logits_e / T_e)`` on
 the gating's training split, optimised over ``log T`` (so T stays positive) by Newton's

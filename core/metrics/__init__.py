@@ -1,6 +1,6 @@
 """Metrics: one implementation, used by training, baselines, export and evaluate.
 
-ALGORITHMS.md §4. Inputs are numpy arrays (lists and torch tensors are converted);
+docs/METHODS.md §5. Inputs are numpy arrays (lists and torch tensors are converted);
 outputs are python floats or numpy arrays. Bad input raises
 :class:`core.errors.InputError` (a ``ValueError``) naming the argument and the value.
 

@@ -1,4 +1,4 @@
-"""Calibration and accuracy metrics of class probabilities (ALGORITHMS.md §4).
+"""Calibration and accuracy metrics of class probabilities (docs/METHODS.md §5).
 
 Shapes: N samples, C classes. ``probs [N, C]`` are probabilities (rows sum to 1 within
 1e-3, entries in [0, 1]); ``labels [N]`` are integer classes in ``[0, C)``.

@@ -1,4 +1,4 @@
-"""Group-aware selective classification metrics (ALGORITHMS.md §2 "Evaluation", §4).
+"""Group-aware selective classification metrics (docs/METHODS.md §3, §5).
 
 Shapes: B samples, K groups. Groups partition the *classes* (head/tail by default);
 ``label_groups[i]`` is the group of sample i's **true** label, i.e.

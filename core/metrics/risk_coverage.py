@@ -1,6 +1,6 @@
 """Risk-coverage curves and their areas: AUGRC, AURC, risk@coverage, coverage@risk.
 
-ALGORITHMS.md §4. Reference: fd-shifts (``IML-DKFZ/fd-shifts``,
+docs/METHODS.md §5. Reference: fd-shifts (``IML-DKFZ/fd-shifts``,
 ``fd_shifts/analysis/rc_stats.py``) and Traub et al., "Overcoming Common Flaws in the
 Evaluation of Selective Classification Systems", NeurIPS 2024.
 

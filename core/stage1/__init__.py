@@ -1,4 +1,4 @@
-"""Stage-1 exit-gate head over frozen backbone features (ALGORITHMS.md §3).
+"""Stage-1 exit-gate head over frozen backbone features (docs/METHODS.md §4).
 
 Train with :func:`train_stage1` on a feature bundle; load the written artefacts with
 :func:`load_predictor` (features in, class / calibrated probs / exit out) or score them

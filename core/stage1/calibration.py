@@ -1,4 +1,4 @@
-"""Post-hoc class calibrators, fit on ``val_calib`` only (ALGORITHMS.md §3).
+"""Post-hoc class calibrators, fit on ``val_calib`` only (docs/METHODS.md §4).
 
 Shapes: N samples, C classes. All fitting is full-batch LBFGS (strong-Wolfe line
 search) in float64 on the CPU, so it is deterministic and independent of the training

@@ -1,4 +1,4 @@
-"""Stage-1 training config (ALGORITHMS.md §3).
+"""Stage-1 training config (docs/METHODS.md §4).
 
 The field names are a contract with the search spaces (``search_spaces/``) and the
 Tune trainable: do not rename them. Defaults follow the seed

@@ -1,6 +1,6 @@
 """Stage-1 data: a feature bundle's splits as arrays, with ``val`` split in two.
 
-ALGORITHMS.md §1/§3: ``val`` is split, disjointly and reproducibly, into ``val_select``
+docs/METHODS.md §1, §4: ``val`` is split, disjointly and reproducibly, into ``val_select``
 (early stopping / model selection) and ``val_calib`` (class calibrator, gate calibrator
 and exit threshold). The split is stratified by label: within each class a seeded
 permutation sends ``round(calib_fraction * n_class)`` samples to ``val_calib`` (at

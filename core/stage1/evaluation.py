@@ -50,7 +50,7 @@ from core.stage1.gate_calibration import (
 )
 
 EVAL_BATCH = 8192
-#: The training-free baselines reported beside every Stage-1 result (ALGORITHMS.md §5).
+#: The training-free baselines reported beside every Stage-1 result (docs/METHODS.md §6).
 BASELINE_NAMES = ("msp", "doctor", "maxlogit")
 #: The pre-issue-11 name of the ``msp`` baseline, still reported (same numbers) so that
 #: readers of older results keep working.

@@ -1,4 +1,4 @@
-"""Gate calibration and coverage calibration, fit on ``val_calib`` only (ALGORITHMS.md §3).
+"""Gate calibration and coverage calibration, fit on ``val_calib`` only (docs/METHODS.md §4).
 
 The gate logit ``g(x)`` is turned into a calibrated probability that the (calibrated)
 class prediction is correct:

@@ -1,4 +1,4 @@
-"""The Stage-1 head over frozen backbone features (ALGORITHMS.md §3).
+"""The Stage-1 head over frozen backbone features (docs/METHODS.md §4).
 
 Shapes: B samples, D feature width, H hidden width, C classes.
 """

@@ -1,4 +1,4 @@
-"""Stage-1 training losses (ALGORITHMS.md §3). Shapes: B samples, C classes.
+"""Stage-1 training losses (docs/METHODS.md §4). Shapes: B samples, C classes.
 
 - ``bce`` (seed v1): ``CE(f) + w_gate * BCE(g, 1[argmax f = y])``; the correctness
   target is computed without gradient (it is a label, not a path to ``f``).

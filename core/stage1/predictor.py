@@ -19,7 +19,7 @@ from core.stage1.evaluation import model_outputs, predict
 
 class Stage1Predictor:
     """Applies the exit rule ``exit = score >= tau``, ``class = argmax`` of calibrated
-    probs (ALGORITHMS.md §3).
+    probs (docs/METHODS.md §4).
 
     ``score`` is the checkpoint's exit score (``exit_score``: the calibrated gate, the
     calibrated max-softmax or their fitted combination, on the logit scale; see

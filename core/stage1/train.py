@@ -1,4 +1,4 @@
-"""Stage-1 training on cached features (ALGORITHMS.md §3), no Ray.
+"""Stage-1 training on cached features (docs/METHODS.md §4), no Ray.
 
 :func:`train_stage1` is the entry point the Tune trainable, the CLI and the tests call.
 Per epoch it trains the head, scores the EMA (or raw) weights on ``val_select`` with

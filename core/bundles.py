@@ -677,6 +677,19 @@ def _field(manifest: dict, mf: Path, key: str) -> Any:
     return manifest[key]
 
 
+def _list_field(manifest: dict, mf: Path, key: str, kind: type) -> list:
+    """``manifest[key]`` checked to be a JSON list of ``kind`` (``int``: no bools, no
+    floats; ``str``), so a hand-edited manifest is one line, not a TypeError later."""
+    value = _field(manifest, mf, key)
+    ok = isinstance(value, list) and all(
+        isinstance(v, kind) and not (kind is int and isinstance(v, bool)) for v in value)
+    if not ok:
+        shown = value if not isinstance(value, list) or len(value) <= 8 else f"{value[:8]}..."
+        raise InputError(file=mf, field=key, value=shown,
+                         expected=f"a list of {'integers' if kind is int else 'strings'}")
+    return value
+
+
 def _read_split_table(path: Path, info: Any, mf: Path, name: str, columns: tuple[str, ...]):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -839,12 +852,14 @@ def load_bundle(path: str | Path) -> Bundle:
                                        labels=_column_numpy(table, "label", file))
         finite_checked = manifest["format_version"] >= 2
         bundle: Bundle = ExpertBundle(
-            expert_names=tuple(_field(manifest, mf, "expert_names")),
-            class_counts=np.asarray(_field(manifest, mf, "class_counts"), dtype=np.int64),
-            class_to_group=np.asarray(_field(manifest, mf, "class_to_group"), dtype=np.int64),
+            expert_names=tuple(_list_field(manifest, mf, "expert_names", str)),
+            class_counts=np.asarray(_list_field(manifest, mf, "class_counts", int),
+                                    dtype=np.int64),
+            class_to_group=np.asarray(_list_field(manifest, mf, "class_to_group", int),
+                                      dtype=np.int64),
             splits=splits,
             path=path,
-            group_boundaries=tuple(_field(manifest, mf, "group_boundaries")),
+            group_boundaries=tuple(_list_field(manifest, mf, "group_boundaries", int)),
         )
         if int(manifest.get("num_classes", bundle.num_classes)) != bundle.num_classes:
             raise InputError(file=mf, field="num_classes", value=manifest["num_classes"],
@@ -858,8 +873,13 @@ def load_bundle(path: str | Path) -> Bundle:
             fsplits[name] = FeatureSplit(features=_column_numpy(table, "features", file),
                                          labels=_column_numpy(table, "label", file),
                                          group=group, path=paths)
-        names = manifest.get("group_names")
-        bundle = FeatureBundle(num_classes=int(_field(manifest, mf, "num_classes")),
+        names = None if manifest.get("group_names") is None else \
+            _list_field(manifest, mf, "group_names", str)
+        num_classes = _field(manifest, mf, "num_classes")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise InputError(file=mf, field="num_classes", value=num_classes,
+                             expected="an integer >= 2")
+        bundle = FeatureBundle(num_classes=num_classes,
                                splits=fsplits, path=path,
                                group_names=None if names is None else tuple(names))
     validate_bundle(bundle, source=path, check_finite=not finite_checked)

@@ -20,8 +20,7 @@ metric, the storage, a ledger entry, a truncated ``tuner.pkl``, a real full disk
 | head_wrong_shape        | feature_dim edited                  | the file, the shape    |
 | disk_full_errno[...]    | ENOSPC from any library             | the output path        |
 | disk_full_no_errno      | torch's "unexpected pos", out full  | the output path        |
-| manifest_type[...]      | manifest fields of the wrong type   | xfail: core/bundles.py |
-|                         |                                     | (owned by scale branch)|
+| manifest_type[...]      | manifest fields of the wrong type   | manifest.json, field   |
 +-------------------------+-------------------------------------+------------------------+
 """
 
@@ -210,15 +209,27 @@ def test_other_errors_are_not_called_a_full_disk(work, monkeypatch):
         main(["data", "synth", "--out", str(work / "b"), "--classes", "10"])
 
 
-@pytest.mark.xfail(reason="owned by scale branch (core/bundles.py, issue 12)", strict=True)
 @pytest.mark.parametrize("field, value", [
     ("group_boundaries", 5), ("expert_names", 3), ("class_counts", "x"),
+    ("class_to_group", [0, "a"]), ("expert_names", ["ce", 1]),
 ])
 def test_manifest_field_of_the_wrong_type(bundles, work, capsys, field, value):
     import shutil
 
     b = work / "b"
     shutil.copytree(bundles / "argse", b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest[field] = value
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    _one_line(capsys, ["data", "inspect", str(b)], work, "manifest.json", field)
+
+
+@pytest.mark.parametrize("field, value", [("group_names", 3), ("num_classes", "2")])
+def test_feature_manifest_field_of_the_wrong_type(bundles, work, capsys, field, value):
+    import shutil
+
+    b = work / "f"
+    shutil.copytree(bundles / "stage1", b)
     manifest = json.loads((b / "manifest.json").read_text())
     manifest[field] = value
     (b / "manifest.json").write_text(json.dumps(manifest))

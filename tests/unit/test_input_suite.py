@@ -5,7 +5,7 @@ and checks the three things a user sees: exit status 2, exactly one line on stde
 (naming the file or field, the value and what was expected) and no file created or
 changed under the test's directory. The cases that need a sweep (space values, the
 metric, the storage, a ledger entry, a truncated ``tuner.pkl``, a real full disk) are in
-``tests/integration/test_input_suite.py``.
+``tests/integration/test_input_suite_ray.py``.
 
 +-------------------------+-------------------------------------+------------------------+
 | case                    | input                               | the line names         |

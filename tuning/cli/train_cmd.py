@@ -61,8 +61,15 @@ def run_train(args: argparse.Namespace) -> int:
             result = adapter.train(config, bundle, report, device=device, workdir=work)
             # a run that stops early (Stage-1's early stopping) ends a full bar
             bar.update(task, total=done[0], completed=done[0])
-        summary = adapter.save_run(result, config, bundle, out, overwrite=args.overwrite,
-                                   device=device)
+        with progress() as bar:  # the model and every baseline on val and test
+            task = bar.add_task("model and baselines", total=None, status="")
+            try:
+                summary = adapter.save_run(
+                    result, config, bundle, out, overwrite=args.overwrite, device=device,
+                    on_step=lambda done, total: bar.update(task, completed=done, total=total))
+            except BaseException:
+                bar.update(task, visible=False)  # an error stays one line
+                raise
     print_train_result(summary, args.json)
     for line in adapter.run_notes(result):
         console(stderr=True).print(line)

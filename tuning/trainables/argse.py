@@ -23,7 +23,7 @@ from tuning.trainables.base import MODEL, Adapter, Evaluation, OnStep, RuleScore
 _FITTED: list[tuple[Any, Any]] = []
 
 
-def fitted_baselines(bundle: Any) -> Any:
+def fitted_baselines(bundle: Any, on_step: OnStep | None = None) -> Any:
     """``core.argse.baselines.fit_baselines(bundle)``, fit once for the last bundle
     object (export, its report and ``seltune train`` judge every split against the
     same fits; the plug-in fits are the slow part). The bundle itself is kept and
@@ -31,7 +31,7 @@ def fitted_baselines(bundle: Any) -> Any:
     from core.argse.baselines import fit_baselines
 
     if not _FITTED or _FITTED[0][0] is not bundle:
-        _FITTED[:] = [(bundle, fit_baselines(bundle))]
+        _FITTED[:] = [(bundle, fit_baselines(bundle, on_step=on_step))]
     return _FITTED[0][1]
 
 
@@ -60,7 +60,8 @@ class ArgseAdapter(Adapter):
                 f"worst {metrics['worst_group_error']:.4f} cov {metrics['coverage']:.3f}")
 
     def save_run(self, result: Any, config: Any, bundle: Any, out: Path, *,
-                 overwrite: bool, device: str) -> dict[str, Any]:
+                 overwrite: bool, device: str,
+                 on_step: OnStep | None = None) -> dict[str, Any]:
         """Write ``out`` atomically::
 
             gating_pretrained.ckpt | gating_selective.ckpt   seed-format checkpoint
@@ -83,7 +84,7 @@ class ArgseAdapter(Adapter):
             save_json(config_to_dict(config), tmp / "config.json")
             coverage = getattr(config, self.coverage_key)
             summary = self.model_beside_baselines(self.checkpoint_path(tmp), bundle,
-                                                  coverage, device)
+                                                  coverage, device, on_step=on_step)
             metric, mode = self.verdict_metric
             summary["verdict"] = verdicts({s: summary[s] for s in self.result_splits(bundle)},
                                           summary["baselines"], metric, mode, coverage)
@@ -152,7 +153,7 @@ class ArgseAdapter(Adapter):
             return Evaluation(metrics)
         return Evaluation(metrics, baseline_metrics(
             bundle, split, at if at is not None else metrics["coverage"],
-            fitted_baselines(bundle)))
+            fitted_baselines(bundle, on_step), on_step=on_step))
 
     def materialise(self, src: Path, config: dict[str, Any], bundle: Any, dest: Path,
                     device: str) -> Path:

@@ -178,7 +178,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def save_run(self, result: Any, config: Any, bundle: Any, out: Path, *,
-                 overwrite: bool, device: str) -> dict[str, Any]:
+                 overwrite: bool, device: str,
+                 on_step: OnStep | None = None) -> dict[str, Any]:
         """Write a ``seltune train`` run into ``out`` atomically; return the
         ``train --json`` object (``{"val", "test", "baselines": {"val", "test"},
         "config", "checkpoint", ...}``)."""
@@ -216,7 +217,7 @@ class Adapter(ABC):
         total)``: progress over the split's rows, where the evaluation has steps."""
 
     def model_beside_baselines(self, checkpoint: Path, bundle: Any, coverage: float | None,
-                               device: str) -> dict[str, Any]:
+                               device: str, on_step: OnStep | None = None) -> dict[str, Any]:
         """``{"val": metrics, "test": metrics, "baselines": {"val": {NAME: metrics},
         "test": {...}}}``: the model and every baseline at the operating point
         ``coverage`` (None: the checkpoint's), on val and, when the bundle has one, test."""
@@ -224,7 +225,7 @@ class Adapter(ABC):
         baselines: dict[str, Any] = {}
         for split in self.result_splits(bundle):
             ev = self.evaluate(checkpoint, bundle, split, device, coverage=coverage,
-                               baselines=True)
+                               baselines=True, on_step=on_step)
             out[split] = ev.metrics
             baselines[split] = ev.baselines
         out["baselines"] = baselines

@@ -81,7 +81,8 @@ class Stage1(Adapter):
                 f"ece {metrics['ece']:.4f}")
 
     def save_run(self, result: Any, config: Any, bundle: Any, out: Path, *,
-                 overwrite: bool, device: str) -> dict[str, Any]:
+                 overwrite: bool, device: str,
+                 on_step: OnStep | None = None) -> dict[str, Any]:
         """The artefacts directory (``Stage1Result.save``: head, calibrators,
         ``metrics.json``); returns ``Stage1Result.to_dict``: ``{"val", "test",
         "baselines", "config", "best_epoch", "epochs_run", "temperature",

@@ -76,7 +76,10 @@ def test_cli_gives_the_driver_the_clusters_token(tmp_path, registry, head, monke
 
     state = _running_state(tmp_path, head)
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: a delenv of an absent key records nothing to undo, and the hook
+        # sets these in os.environ (RAY_ADDRESS would leak into later tests)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     # the hook only acts before Ray is imported (Ray reads the token settings then)
     monkeypatch.delitem(sys.modules, "ray", raising=False)
     args = argparse.Namespace(command="sweep", address=state.address)

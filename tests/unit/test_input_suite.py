@@ -209,27 +209,17 @@ def test_other_errors_are_not_called_a_full_disk(work, monkeypatch):
         main(["data", "synth", "--out", str(work / "b"), "--classes", "10"])
 
 
-@pytest.mark.parametrize("field, value", [
-    ("group_boundaries", 5), ("expert_names", 3), ("class_counts", "x"),
-    ("class_to_group", [0, "a"]), ("expert_names", ["ce", 1]),
+@pytest.mark.parametrize("kind, field, value", [
+    ("argse", "group_boundaries", 5), ("argse", "expert_names", 3),
+    ("argse", "class_counts", "x"), ("argse", "class_to_group", [0, "a"]),
+    ("argse", "expert_names", ["ce", 1]),
+    ("stage1", "group_names", 3), ("stage1", "num_classes", "2"),
 ])
-def test_manifest_field_of_the_wrong_type(bundles, work, capsys, field, value):
+def test_manifest_field_of_the_wrong_type(bundles, work, capsys, kind, field, value):
     import shutil
 
-    b = work / "b"
-    shutil.copytree(bundles / "argse", b)
-    manifest = json.loads((b / "manifest.json").read_text())
-    manifest[field] = value
-    (b / "manifest.json").write_text(json.dumps(manifest))
-    _one_line(capsys, ["data", "inspect", str(b)], work, "manifest.json", field)
-
-
-@pytest.mark.parametrize("field, value", [("group_names", 3), ("num_classes", "2")])
-def test_feature_manifest_field_of_the_wrong_type(bundles, work, capsys, field, value):
-    import shutil
-
-    b = work / "f"
-    shutil.copytree(bundles / "stage1", b)
+    b = work / kind
+    shutil.copytree(bundles / kind, b)
     manifest = json.loads((b / "manifest.json").read_text())
     manifest[field] = value
     (b / "manifest.json").write_text(json.dumps(manifest))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.errors import InputError
+from core.unique_keys import DuplicateKey, json_loads_unique, yaml_load_unique
 
 C = TypeVar("C")
 
@@ -52,18 +53,23 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML mapping of config keys."""
+    """Read a JSON or YAML mapping of config keys; a key given twice is an error."""
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", file=path, expected="a JSON or YAML config file")
-    text = path.read_text()
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {exc}", file=path,
+                         expected="a readable UTF-8 JSON or YAML file") from None
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = yaml_load_unique(text) if is_yaml else json_loads_unique(text)
+    except DuplicateKey as exc:
+        # Either parser would keep the last value, so `lr` written twice would train
+        # with one the user may not have meant.
+        raise InputError(str(exc), file=path, field=exc.key,
+                         expected="each key once per mapping") from None
     except Exception as exc:  # parse errors of either format
         raise InputError(f"cannot parse: {exc}".splitlines()[0], file=path) from None
     if data is None:

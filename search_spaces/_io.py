@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
+from core.unique_keys import DuplicateKey, json_loads_unique, yaml_load_unique
 from search_spaces._errors import SpaceError
 from search_spaces._space import SearchSpace
 
@@ -34,70 +34,29 @@ def read_space_file(path: str | Path) -> SearchSpace:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpaceError(source, problem=f"cannot read: {exc}",
                          expected="a readable UTF-8 text file") from None
-    if suffix == ".json":
-        try:
-            data = json.loads(text, object_pairs_hook=_unique_json_keys(source))
-        except json.JSONDecodeError as exc:
-            raise SpaceError(source, problem=f"invalid JSON: {exc}",
-                             expected="a JSON search space") from None
-    else:
-        import yaml  # lazily: search_spaces is otherwise stdlib only
+    try:
+        if suffix == ".json":
+            try:
+                data = json_loads_unique(text)
+            except json.JSONDecodeError as exc:
+                raise SpaceError(source, problem=f"invalid JSON: {exc}",
+                                 expected="a JSON search space") from None
+        else:
+            import yaml  # lazily: search_spaces is otherwise stdlib only
 
-        try:
-            data = yaml.load(text, Loader=_unique_key_loader(source))
-        except yaml.YAMLError as exc:
-            raise SpaceError(source, problem=f"invalid YAML: {exc}",
-                             expected="a YAML search space") from None
+            try:
+                data = yaml_load_unique(text)
+            except yaml.YAMLError as exc:
+                raise SpaceError(source, problem=f"invalid YAML: {exc}",
+                                 expected="a YAML search space") from None
+    except DuplicateKey as exc:
+        fmt = "JSON" if suffix == ".json" else "YAML"
+        problem = (f"duplicate key on line {exc.line} (first on line {exc.first_line}; "
+                   f"{fmt} would keep the last value)" if exc.line is not None
+                   else f"duplicate key ({fmt} would keep the last value)")
+        raise SpaceError(source, key=exc.key, problem=problem,
+                         expected="each key once per mapping") from None
     return SearchSpace.from_dict(data, source=source)
-
-
-def _unique_json_keys(source: str):
-    """``object_pairs_hook`` for :func:`json.loads` that refuses a repeated key."""
-
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise SpaceError(source, key=key, problem="duplicate key (JSON would keep "
-                                 "the last value)", expected="each key once per mapping")
-            out[key] = value
-        return out
-
-    return hook
-
-
-def _unique_key_loader(source: str):
-    """A ``yaml.SafeLoader`` subclass whose mappings refuse a repeated key.
-
-    Built per call (and lazily) so ``search_spaces`` imports no YAML at import time and
-    the error can name ``source``.
-    """
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            if isinstance(node, yaml.MappingNode):
-                # Only the keys written in this mapping: a merged-in key (``<<: *base``)
-                # that is then set explicitly is YAML's way of overriding, not a repeat.
-                seen: dict[Any, int] = {}
-                for key_node, _ in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":
-                        continue
-                    key = self.construct_object(key_node, deep=True)
-                    try:
-                        first = seen.get(key)
-                    except TypeError:  # an unhashable key: SafeLoader's own error follows
-                        continue
-                    if first is not None:
-                        raise SpaceError(source, key=str(key),
-                                         problem=f"duplicate key on line "
-                                         f"{key_node.start_mark.line + 1} (first on line "
-                                         f"{first}; YAML would keep the last value)",
-                                         expected="each key once per mapping")
-                    seen[key] = key_node.start_mark.line + 1
-            return super().construct_mapping(node, deep=deep)
-
-    return UniqueKeyLoader
 
 
 def load_space(

@@ -12,6 +12,7 @@ metric, the storage, a ledger entry, a truncated ``tuner.pkl``, a real full disk
 +=========================+=====================================+========================+
 | out_under_file[cmd]     | ``--out FILE/x`` for train, data    | --out, the file        |
 |                         | synth, data import, extract-features|                        |
+| config_duplicate_key    | ``train --config`` with lr twice    | the file, key, lines   |
 | labels_not_utf8         | a Latin-1 labels CSV                | the CSV, byte, line    |
 | labels_binary           | a CSV with a NUL byte               | the CSV                |
 | model_path_missing      | ``--model ./missing`` (no network)  | --model, the path      |
@@ -86,6 +87,15 @@ def test_out_under_a_regular_file(bundles, work, capsys, command):
     line = _one_line(capsys, argv, work, "--out=", "notes.txt is a regular file",
                      "expected a path whose parents are directories")
     assert line.startswith("seltune: error: ")
+
+
+def test_train_config_duplicate_key(bundles, work, capsys):
+    config = work / "c.yaml"
+    config.write_text("lr: 0.01\nepochs: 2\nlr: 0.1\n")
+    _one_line(capsys, ["train", "stage1", "--data", str(bundles / "stage1"), "--config",
+                       str(config), "--out", str(work / "run")], work,
+              f"{config}: lr: duplicate key on line 3 (first on line 1)",
+              "expected each key once per mapping")
 
 
 def _extract_argv(work: Path, labels: Path, model: str | None = None) -> list[str]:

@@ -27,7 +27,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.argse.predictor import ArgsePredictor, load_predictor
@@ -70,7 +69,8 @@ class PortableArgseRule(nn.Module):
         operations of ``core.argse.features.GatingFeatureBuilder.from_probs``)."""
         eps = 1e-8
         num_experts = probs.shape[1]
-        log_p = torch.log(probs + eps)
+        num_classes = probs.shape[2]
+        log_p = (probs + eps).log_()
         entropy = -(probs * log_p).sum(-1)
         topk_vals = torch.topk(probs, k=self.top_k, dim=-1).values
         topk_mass = topk_vals.sum(-1)
@@ -81,12 +81,17 @@ class PortableArgseRule(nn.Module):
         else:
             top_gap = torch.zeros_like(max_probs)
         mean_post = probs.mean(dim=1)
-        cosine = F.cosine_similarity(probs, mean_post.unsqueeze(1), dim=-1)
-        kl_to_mean = (probs * (log_p - torch.log(mean_post.unsqueeze(1) + eps))).sum(-1)
-        mean_entropy = -(mean_post * torch.log(mean_post + eps)).sum(-1)
+        sq_norm = torch.linalg.vector_norm(probs, dim=-1).square()
+        mean_sq_norm = torch.linalg.vector_norm(mean_post, dim=-1).square()
+        dot_mean = torch.bmm(probs, mean_post.unsqueeze(-1)).squeeze(-1)
+        cosine = dot_mean / (sq_norm.sqrt().clamp_min(eps)
+                             * mean_sq_norm.sqrt().clamp_min(eps).unsqueeze(1))
+        log_mean = torch.log(mean_post + eps)
+        kl_to_mean = -entropy - torch.bmm(probs, log_mean.unsqueeze(-1)).squeeze(-1)
+        mean_entropy = -(mean_post * log_mean).sum(-1)
         if num_experts >= 2:
-            dev = probs - mean_post.unsqueeze(1)
-            mean_class_var = (dev * dev).sum(1).mean(-1) / (num_experts - 1)
+            spread = (sq_norm.sum(1) - num_experts * mean_sq_norm).clamp_min(0.0)
+            mean_class_var = spread / (num_classes * (num_experts - 1))
             std_max_conf = max_probs.std(dim=-1)
         else:
             mean_class_var = torch.zeros_like(mean_entropy)

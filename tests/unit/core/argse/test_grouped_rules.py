@@ -18,6 +18,7 @@ from core.argse import baselines as B
 from core.argse import rules as R
 from core.argse.margins import (
     GroupedPosterior,
+    batched_margin_values,
     batched_margins,
     direct_margin_and_prediction,
     grouped_margin_and_prediction,
@@ -159,6 +160,10 @@ def test_grouped_margin_equals_direct(seed, ties, k, variant):
     mb_ref, pb_ref = _direct_batched(eta, alphas, mus, c2g, variant)
     assert torch.equal(pb, pb_ref)
     torch.testing.assert_close(mb, mb_ref, rtol=0, atol=1e-12)
+    # the margins-only path the power iteration uses: the same values, bit for bit
+    assert torch.equal(batched_margin_values(gp, alphas, mus, variant), mb)
+    assert torch.equal(B._batched_margins(gp, alphas, mus, with_pred=False)[0],
+                       B._batched_margins(gp, alphas, mus)[0])
 
 
 def test_grouped_margin_float32_and_empty_group():
@@ -260,6 +265,32 @@ def test_fit_plugin_equals_direct(k, objective):
     got = B.fit_plugin(eta, labels, c2g, k, 0.7, objective, eg_steps=4)
     ref = _ref_fit_plugin(eta, labels, c2g, k, 0.7, objective, eg_steps=4)
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_fit_plugin_remembers_a_fit_by_content(monkeypatch):
+    """The same inputs again (another object, equal content) return the first fit's
+    answer without refitting; any change in the posterior, the labels or a parameter
+    refits."""
+    rng = np.random.default_rng(7)
+    c, n, k = 12, 300, 2
+    c2g = _c2g(rng, c, k)
+    labels = torch.from_numpy(rng.integers(0, c, n)).long()
+    eta = torch.softmax(torch.from_numpy(rng.normal(0, 1, (n, c))), 1).float()
+    first = B.fit_plugin(eta, labels, c2g, k, 0.7, "worst", eg_steps=3)
+    calls = []
+    real_inner = B._inner
+    monkeypatch.setattr(B, "_inner", lambda *a: calls.append(1) or real_inner(*a))
+    again = B.fit_plugin(eta.clone(), labels.clone(), c2g, k, 0.7, "worst", eg_steps=3)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    again[0].add_(1.0)  # a caller's in-place change does not reach the remembered fit
+    assert torch.equal(B.fit_plugin(eta, labels, c2g, k, 0.7, "worst", eg_steps=3)[0],
+                       first[0])
+    for changed in (dict(eta=eta.flip(0)), dict(labels=labels.flip(0)), dict(coverage=0.6)):
+        args = dict(eta=eta, labels=labels, coverage=0.7) | changed
+        calls.clear()
+        B.fit_plugin(args["eta"], args["labels"], c2g, k, args["coverage"], "worst",
+                     eg_steps=3)
+        assert len(calls) == 3, changed
 
 
 def _imagenet_lt_like(c=1000, rows=(("tunev", 600), ("val", 1500), ("test", 1500)), seed=0):

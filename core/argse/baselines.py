@@ -20,6 +20,7 @@ of its confidence on that split):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +29,12 @@ import torch.nn.functional as F
 
 from core.argse.data import CHUNK, class_to_group_tensor, scaled_probs, split_tensors
 from core.argse.evaluation import selective_metrics
-from core.argse.margins import GroupedPosterior, batched_margins, grouped_margin_and_prediction
+from core.argse.margins import (
+    GroupedPosterior,
+    batched_margin_values,
+    batched_margins,
+    grouped_margin_and_prediction,
+)
 from core.argse.rules import MuScorer, _coordinate_search, group_errors, lambda_grid, quantile
 from core.argse.temperature import fit_temperatures
 
@@ -47,22 +53,26 @@ def coverage_confidence(score: torch.Tensor, coverage: float) -> torch.Tensor:
     return score - quantile(score, 1.0 - coverage)
 
 
-def _batched_margins(gp: GroupedPosterior, alpha: torch.Tensor, mu: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _batched_margins(gp: GroupedPosterior, alpha: torch.Tensor, mu: torch.Tensor,
+                     with_pred: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Plug-in margins and predictions for M rules at once: ``alpha, mu [M, K]`` ->
-    ``(m [N, M], pred [N, M])``, O(N·M·K) on the grouped posterior (the same rule as
-    ``margins.margin_and_prediction``). Chunked over M so the ``[N, M, K]`` scratch
-    stays below ~2e7 elements."""
+    ``(m [N, M], pred [N, M] or None without with_pred)``, O(N·M·K) on the grouped
+    posterior (the same rule as ``margins.margin_and_prediction``). Chunked over M so
+    the ``[N, M, K]`` scratch stays below ~2e7 elements."""
     n, k = gp.mass.shape
     chunk = max(1, int(2e7 // max(n * k, 1)))
-    if alpha.shape[0] <= chunk:
-        return batched_margins(gp, alpha, mu, "plugin")
     ms, preds = [], []
-    for i in range(0, alpha.shape[0], chunk):
-        m, pred = batched_margins(gp, alpha[i:i + chunk], mu[i:i + chunk], "plugin")
+    for i in range(0, max(alpha.shape[0], 1), chunk):  # M = 0: one empty call
+        a, u = alpha[i:i + chunk], mu[i:i + chunk]
+        if with_pred:
+            m, pred = batched_margins(gp, a, u, "plugin")
+            preds.append(pred)
+        else:
+            m = batched_margin_values(gp, a, u, "plugin")
         ms.append(m)
-        preds.append(pred)
-    return torch.cat(ms, 1), torch.cat(preds, 1)
+    if len(ms) == 1:
+        return ms[0], (preds[0] if with_pred else None)
+    return torch.cat(ms, 1), (torch.cat(preds, 1) if with_pred else None)
 
 
 def _accept_cols(m: torch.Tensor, coverage: float) -> torch.Tensor:
@@ -80,7 +90,7 @@ def _power_alpha(gp: GroupedPosterior, groups, k, mus, beta, coverage, iters) ->
     tilde = torch.ones_like(mus)
     scale = k * beta.to(dtype).unsqueeze(0)
     for _ in range(iters):
-        m, _ = _batched_margins(gp, tilde / scale, mus)
+        m, _ = _batched_margins(gp, tilde / scale, mus, with_pred=False)
         acc = _accept_cols(m, coverage).to(dtype)  # [N, M]
         tilde = k * (acc.T @ onehot) / groups.numel() + 1e-3
     return tilde / scale
@@ -121,15 +131,51 @@ def fit_plugin(eta: torch.Tensor | GroupedPosterior, labels: torch.Tensor, class
     :class:`GroupedPosterior` in float64. It is summarised per group once; every
     candidate, power iteration and EG step then costs O(N·K), on the CPU (the summary
     is moved there: ``[N, K]`` is small, and the quantiles run on numpy).
-    ``on_step(done, total)`` after each inner fit (1 for balanced, ``eg_steps`` for worst).
+    ``on_step(done, total)`` after each inner fit (1 for balanced, ``eg_steps`` for worst;
+    ``(1, 1)`` when the same fit was done before: fits are remembered by content).
     """
     gp = eta if isinstance(eta, GroupedPosterior) else GroupedPosterior.from_posterior(
         eta.double(), class_to_group, num_groups)
     if gp.mass.device.type != "cpu":
         gp = GroupedPosterior(gp.group_max.cpu(), gp.group_argmax.cpu(), gp.mass.cpu(),
                               gp.class_to_group.cpu())
-    k = num_groups
     labels = labels.to(gp.mass.device)
+    params = (num_groups, float(coverage), objective, grid_points, float(grid_range),
+              power_iters, eg_steps, float(eg_step_size))
+    key = (_digest(gp, labels), params)
+    hit = _FITS.get(key)
+    if hit is None:
+        hit = _fit_plugin(gp, labels, *params, on_step=on_step)
+        _FITS[key] = hit
+        while len(_FITS) > _FITS_KEPT:
+            _FITS.pop(next(iter(_FITS)))
+    elif on_step is not None:
+        on_step(1, 1)
+    return hit[0].clone(), hit[1].clone()
+
+
+# Plug-in fits by the content of what they read: a training run's uniform-gate check
+# and the Plug-in[Worst] baseline fit the same rule on the same tunev mixture (~a third
+# of a default run's plug-in arithmetic), and a sweep's trials in one worker repeat it.
+_FITS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_FITS_KEPT = 16
+
+
+def _digest(gp: GroupedPosterior, labels: torch.Tensor) -> str:
+    """sha1 of the grouped posterior and labels (``[N, K]`` and ``[N]``: ~1 ms at N = 20k)."""
+    h = hashlib.sha1()
+    for t in (gp.group_max, gp.group_argmax, gp.mass, gp.class_to_group, labels):
+        arr = t.detach().contiguous().numpy()
+        h.update(str((arr.dtype, arr.shape)).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _fit_plugin(gp: GroupedPosterior, labels: torch.Tensor, k: int, coverage: float,
+                objective: str, grid_points: int, grid_range: float, power_iters: int,
+                eg_steps: int, eg_step_size: float, on_step: OnStep | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fit_plugin` on a CPU float64 grouped posterior, not memoised."""
     groups = gp.class_to_group[labels]
     lambdas = lambda_grid(grid_points, grid_range, torch.float64)
     beta = torch.full((k,), 1.0 / k, dtype=torch.float64)

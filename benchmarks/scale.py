@@ -2,12 +2,15 @@
 
 Makes the shapes synthetically in a temp dir and measures, side by side with the code
 as it was before issue 12 (a ``git worktree`` of ``--old-commit``), each step in its own
-subprocess with one torch thread (wall time, and the peak RSS of that process from
-``getrusage(RUSAGE_SELF).ru_maxrss``):
+subprocess with one torch thread (wall time, and the peak RSS of that process: its
+``VmHWM``):
 
 The new code reads the bundle in format 2 (``.npy``, memory-mapped), the old code the
 same arrays rewritten in format 1 (Parquet), which is all it reads.
 
+- ``import``: ``seltune data import --kind argse`` of the bundle rewritten in the AR-GSE
+  repository's layout (per expert and split ``[N, C]`` float32 ``.npy``), old and new
+  CLI (``/usr/bin/time -v``: wall and peak RSS);
 - ``load``: ``core.bundles.load_bundle`` (and a pass over every logit, so lazily
   mapped pages count);
 - ``train``: one default selective training (``train_selective`` with the default
@@ -17,10 +20,13 @@ same arrays rewritten in format 1 (Parquet), which is all it reads.
 - ``cli``: ``seltune train argse-selective`` end to end (``/usr/bin/time -v``: wall and
   peak RSS; load, training with a report per cycle, val/test metrics, the baselines,
   the files), new code only;
+- ``evaluate`` (with ``--cli``): ``seltune evaluate`` of that checkpoint on ``test``, new
+  code only (the old code has no checkpoint of this run to read);
 - ``sweep`` (``--sweep``): ``seltune sweep --num-samples 4 --max-concurrent 2`` with a
   private ``RAY_TMPDIR`` / ``SELTUNE_STORAGE`` / ``SELTUNE_CACHE`` in the temp dir, new
-  code only: wall, the driver's peak RSS, the largest trial time (from the ledger's
-  start/end times where present), and whether the machine swapped (``/proc/vmstat``
+  code only: wall, the driver's peak RSS, each trial worker's peak RSS and the
+  machine's peak used memory (sampled from ``/proc`` every 0.5 s), each trial's time
+  (Tune's ``time_total_s``), and whether the machine swapped (``/proc/vmstat``
   ``pswpout`` before/after) or a process was OOM-killed (non-zero exit);
 - ``rules``: the rule evaluation alone: the plug-in margins of the 41 ``mu`` grid
   candidates on ``tunev`` (one ``_batched_margins`` call, the inner loop of every
@@ -57,6 +63,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,6 +120,34 @@ def make_bundle(shape: str, out: Path, seed: int = 0, rows_scale: float = 1.0) -
         del logits
     bundle = ExpertBundle(EXPERTS, counts, c2g, splits)
     return save_bundle(bundle, out)
+
+
+def write_layout(bundle_dir: Path, out: Path) -> Path:
+    """The bundle of ``bundle_dir`` in the AR-GSE repository's layout, what ``seltune
+    data import --kind argse`` reads: ``OUT/<expert>/<split>_logits.npy`` ``[N, C]``
+    float32, ``OUT/<split>_labels.npy``, ``OUT/class_counts.json``; written through
+    memory maps, a chunk at a time."""
+    import numpy as np
+
+    from core.bundles import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    out.mkdir(parents=True)
+    (out / "class_counts.json").write_text(json.dumps(
+        [int(c) for c in bundle.class_counts]))
+    for e, name in enumerate(bundle.expert_names):
+        (out / name).mkdir()
+        for split, data in bundle.splits.items():
+            n, c = data.logits.shape[0], data.logits.shape[2]
+            dst = np.lib.format.open_memmap(out / name / f"{split}_logits.npy", mode="w+",
+                                            dtype=np.float32, shape=(n, c))
+            for i in range(0, n, 4096):
+                dst[i:i + 4096] = data.logits[i:i + 4096, e, :]
+            dst.flush()
+            del dst
+    for split, data in bundle.splits.items():
+        np.save(out / f"{split}_labels.npy", np.asarray(data.labels))
+    return out
 
 
 # --------------------------------------------------------------------------- steps
@@ -186,8 +222,18 @@ def _step(name: str, bundle_dir: str, full_old: bool) -> dict:
         out.update(_rules(bundle))
     else:
         raise ValueError(f"unknown step {name!r}")
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_rss_mb"] = _peak_rss_self_mb()
     return out
+
+
+def _peak_rss_self_mb() -> float:
+    """This process's peak RSS since its exec (``VmHWM``). Not ``ru_maxrss``: Linux
+    keeps that across ``fork``/``exec``, so a step started by a parent holding a loaded
+    bundle would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _rules(bundle) -> dict:
@@ -226,17 +272,106 @@ def _rules(bundle) -> dict:
     return out
 
 
-def _time_v(cmd: list[str], env: dict, timeout: float) -> dict:
-    """Run ``cmd`` under ``/usr/bin/time -v``: wall, peak RSS (of the largest process
-    of the tree that time waited for: the command itself), exit status."""
-    t0 = time.perf_counter()
+class _TreeMemory:
+    """Samples, every ``period`` s, the RSS of every process under ``root_pid`` (the
+    sweep's driver, its raylet and the Ray workers it starts) and the machine's used
+    memory (``MemTotal - MemAvailable``), keeping each one's peak: ``getrusage`` of
+    the driver cannot see the workers, and a sampled peak can only under-read."""
+
+    def __init__(self, root_pid: int, period: float = 0.5):
+        import threading
+
+        self.root_pid, self.period = root_pid, period
+        self.peak_mb: dict[int, float] = {}
+        self.trial_pids: set[int] = set()
+        self.machine_peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for pid, cmdline in _descendants(self.root_pid).items():
+                rss = _rss_mb(pid)
+                if rss is None:  # it ended between the listing and the read
+                    continue
+                self.peak_mb[pid] = max(self.peak_mb.get(pid, 0.0), rss)
+                if "ImplicitFunc" in cmdline:  # a Ray worker that ran a trial
+                    self.trial_pids.add(pid)
+            mem = _meminfo_mb()
+            self.machine_peak_mb = max(self.machine_peak_mb,
+                                       mem.get("MemTotal", 0) - mem.get("MemAvailable", 0))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """``{pid: cmdline}`` of ``root`` and every process under it, from ``/proc``
+    (psutil is not a dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        out[pid] = cmd
+        todo += children.get(pid, [])
+    return out
+
+
+def _rss_mb(pid: int) -> float | None:
     try:
-        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=str(REPO))
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _meminfo_mb() -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        out[key] = int(rest.split()[0]) / 1024.0
+    return out
+
+
+def _time_v(cmd: list[str], env: dict, timeout: float, sample_tree: bool = False,
+            cwd: Path = REPO) -> dict:
+    """Run ``cmd`` under ``/usr/bin/time -v``: wall, peak RSS (of the largest process
+    of the tree that time waited for: the command itself), exit status; with
+    ``sample_tree``, also the sampled peak RSS of each process in its tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=str(cwd),
+                            start_new_session=True)  # a timeout stops the whole tree
+    sampler = _TreeMemory(proc.pid) if sample_tree else None
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own session: the command and its Ray
+        proc.communicate()
         return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        if sampler is not None:
+            sampler.stop()
     out: dict = {"wall_s": time.perf_counter() - t0, "exit": proc.returncode}
-    for line in proc.stderr.splitlines():
+    if sampler is not None:
+        out["worker_peak_rss_mb"] = sorted((sampler.peak_mb[p] for p in sampler.trial_pids),
+                                           reverse=True)
+        out["machine_used_peak_mb"] = sampler.machine_peak_mb
+    for line in stderr.splitlines():
         if "Maximum resident set size" in line:
             out["peak_rss_mb"] = int(line.split(":")[-1]) / 1024.0
         elif "User time" in line:
@@ -245,7 +380,7 @@ def _time_v(cmd: list[str], env: dict, timeout: float) -> dict:
             out["sys_s"] = float(line.split(":")[-1])
     if proc.returncode != 0:
         out["error"] = f"exit {proc.returncode}: " + " | ".join(
-            [x for x in proc.stderr.splitlines() if "seltune" in x][-2:])
+            [x for x in stderr.splitlines() if "seltune" in x][-2:])
     return out
 
 
@@ -260,11 +395,28 @@ def _pswpout() -> int:
 
 
 def run_cli(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
-    """``seltune train argse-selective --data BUNDLE`` end to end (new code)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    """``seltune train argse-selective --data BUNDLE`` end to end (new code), with one
+    torch thread as the issue's target states (a trial gets one)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return _time_v([sys.executable, "-m", "tuning.cli", "train", "argse-selective", "--data",
                     str(bundle_dir), "--out", str(tmp / "cli-train"), "--overwrite",
                     "--json"], env, timeout)
+
+
+def run_import(code: Path, layout: Path, out: Path, timeout: float) -> dict:
+    """``seltune data import --kind argse --from LAYOUT --out OUT`` with ``code``'s CLI."""
+    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return _time_v([sys.executable, "-m", "tuning.cli", "data", "import", "--kind", "argse",
+                    "--from", str(layout), "--out", str(out), "--json"], env, timeout,
+                   cwd=code)
+
+
+def run_evaluate(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
+    """``seltune evaluate`` of the ``cli`` step's checkpoint on ``test`` (new code)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return _time_v([sys.executable, "-m", "tuning.cli", "evaluate",
+                    str(tmp / "cli-train" / "gating_selective.ckpt"), "--data",
+                    str(bundle_dir), "--split", "test", "--json"], env, timeout)
 
 
 def run_sweep(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
@@ -279,7 +431,8 @@ def run_sweep(bundle_dir: Path, tmp: Path, timeout: float) -> dict:
     before = _pswpout()
     res = _time_v([sys.executable, "-m", "tuning.cli", "sweep", "--data", str(bundle_dir),
                    "--num-samples", "4", "--max-concurrent", "2", "--storage",
-                   str(priv / "storage"), "--name", "scale", "--json"], env, timeout)
+                   str(priv / "storage"), "--name", "scale", "--json"], env, timeout,
+                  sample_tree=True)
     after = _pswpout()
     res["swapped_pages"] = (after - before) if before >= 0 and after >= 0 else None
     res["trial_s"] = _trial_times(priv / "storage" / "scale")
@@ -372,6 +525,17 @@ def main(argv: list[str] | None = None) -> int:
                     bdir_old = save_bundle_v1(load_bundle(bdir), Path(tmp) / f"{shape}-v1")
                 steps = ["load", "rules", "train", "baselines"]
                 res: dict = {"disk_gb": size, "new": {}, "old": {}}
+                layout = write_layout(bdir, Path(tmp) / f"{shape}-layout")
+                res["new"]["import"] = run_import(REPO, layout, Path(tmp) / f"{shape}-imp-new",
+                                                  args.timeout)
+                print(f"[{shape}] new import: {_fmt(res['new']['import'])}, "
+                      f"{_rss(res['new']['import'])}", flush=True)
+                if not args.skip_old and (shape == "imagenet-lt" or args.full_old):
+                    res["old"]["import"] = run_import(old, layout, Path(tmp) / f"{shape}-imp-old",
+                                                      args.timeout)
+                    print(f"[{shape}] old import: {_fmt(res['old']['import'])}, "
+                          f"{_rss(res['old']['import'])}", flush=True)
+                shutil.rmtree(layout)
                 for step in steps:
                     res["new"][step] = run_step(REPO, step, bdir, False, args.timeout)
                     print(f"[{shape}] new {step}: {_fmt(res['new'][step])}, "
@@ -387,11 +551,18 @@ def main(argv: list[str] | None = None) -> int:
                     res["new"]["cli"] = run_cli(bdir, Path(tmp), args.timeout)
                     print(f"[{shape}] new cli: {_fmt(res['new']['cli'])}, "
                           f"{_rss(res['new']['cli'])}", flush=True)
+                    res["new"]["evaluate"] = run_evaluate(bdir, Path(tmp), args.timeout)
+                    print(f"[{shape}] new evaluate: {_fmt(res['new']['evaluate'])}, "
+                          f"{_rss(res['new']['evaluate'])}", flush=True)
                 if args.sweep:
                     res["new"]["sweep"] = run_sweep(bdir, Path(tmp), args.timeout)
                     sw = res["new"]["sweep"]
                     print(f"[{shape}] new sweep (4 trials, 2 concurrent): {_fmt(sw)}, "
-                          f"driver {_rss(sw)}, trials {sw.get('trial_s')}, "
+                          f"driver {_rss(sw)}, workers' peaks "
+                          f"{[round(x / 1024, 2) for x in sw.get('worker_peak_rss_mb', [])]} GB, "
+                          f"machine used at most "
+                          f"{sw.get('machine_used_peak_mb', 0) / 1024:.2f} GB, "
+                          f"trials {[round(t, 1) for t in sw.get('trial_s', [])]} s, "
                           f"swapped pages {sw.get('swapped_pages')}", flush=True)
                 o, n = res["old"].get("rules", {}), res["new"]["rules"]
                 if "eval_s" in o and "eval_s" in n:
@@ -415,7 +586,8 @@ def markdown(results: dict, command: str) -> str:
         lines += [f"**{shape}** ({res['disk_gb']:.2f} GB on disk)", "",
                   "| step | old wall | old peak RSS | new wall | new peak RSS |",
                   "|---|---|---|---|---|"]
-        for step in ("load", "rules", "train", "baselines", "cli", "sweep"):
+        for step in ("import", "load", "rules", "train", "baselines", "cli", "evaluate",
+                     "sweep"):
             o, n = res["old"].get(step, {}), res["new"].get(step, {})
             if not o and not n:
                 continue

@@ -145,6 +145,8 @@ def _best_by_export_rule(status, results, metric="worst_group_error"):
     return best
 
 
+@pytest.mark.extended  # CI: a killed driver resumes in test_faults, a PostgreSQL study
+# shared by two processes in test_cluster_postgres, nodes lost here in the test above
 def test_driver_killed_and_resumed_from_shared_storage_with_a_postgres_study(
         cluster_factory, tmp_path, postgres_url):  # noqa: F811
     import optuna

@@ -31,7 +31,7 @@ the same invariants are checked (:func:`check_invariants`):
 | kill_before_snapshot | before_first_snapshot (SIGKILL) | invariants                |
 | kill_after_result    | after_trial_result:6 (SIGKILL)  | invariants                |
 | started_after_       | after_trial_result:7 (SIGKILL), | the trial Ray's snapshot  |
-| snapshot (slow)      | one Ray snapshot only           | lacks continues from its  |
+| snapshot (extended)  | one Ray snapshot only           | lacks continues from its  |
 |                      | (TUNE_GLOBAL_CHECKPOINT_S)      | checkpoint, same id and   |
 |                      |                                 | study trial; invariants   |
 | truncated_snapshot   | after_trial_result:6 + the      | invariants                |
@@ -45,7 +45,9 @@ the same invariants are checked (:func:`check_invariants`):
 |                      |                                 | from ledger; invariants   |
 +----------------------+---------------------------------+---------------------------+
 
-The long matrix (every point x SIGKILL/SIGINT x several counts) runs under ``-m slow``.
+CI runs sigint_mid_run, kill_after_result, kill_during_export and planted_pickles; the
+other rows and the long matrix (every point x SIGKILL/SIGINT x several counts) are the
+extended tier (``bash scripts/test.sh -m extended``).
 """
 
 from __future__ import annotations
@@ -243,9 +245,10 @@ def _run_fault(bundle: Path, tmp_path: Path, fault: str, name: str,
 
 
 @pytest.mark.parametrize("case,fault", [
-    ("kill_after_tuner_pkl", "after_tuner_pkl"),
-    ("kill_before_snapshot", "before_first_snapshot"),
-    ("kill_after_result", "after_trial_result:6"),
+    pytest.param("kill_after_tuner_pkl", "after_tuner_pkl", marks=pytest.mark.extended),
+    pytest.param("kill_before_snapshot", "before_first_snapshot",
+                 marks=pytest.mark.extended),
+    ("kill_after_result", "after_trial_result:6"),  # CI's case: resume through the snapshot
 ])
 def test_sigkill_at_a_fault_point_then_resume(bundle, tmp_path, case, fault):
     exp, p = _run_fault(bundle, tmp_path, fault, case)
@@ -258,15 +261,13 @@ def test_sigkill_at_a_fault_point_then_resume(bundle, tmp_path, case, fault):
 
 
 @pytest.mark.slow
-def test_trial_started_after_the_snapshot_continues_from_its_checkpoint(bundle, tmp_path,
-                                                                       request):
+@pytest.mark.extended
+def test_trial_started_after_the_snapshot_continues_from_its_checkpoint(bundle, tmp_path):
     """Ray's snapshot taken once, at the start (``TUNE_GLOBAL_CHECKPOINT_S``): the trial
     started after it, killed after it reported and checkpointed, is unknown to Ray's
     restore. It must go on from its checkpoint as the same trial (id, directory, study
-    trial), not be abandoned for a new one (issue 15, defect 3). ~75 s: with ``-m slow``
-    (in CI, kill_after_result resumes through the same snapshot path)."""
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("runs with -m slow")
+    trial), not be abandoned for a new one (issue 15, defect 3). ~75 s: in the extended
+    tier (in CI, kill_after_result resumes through the same snapshot path)."""
     storage, name = tmp_path / "runs", "after_snapshot"
     # One trial at a time, none stopped early (grace period = max_t): trial 2 starts
     # after the snapshot and is killed at its third report (result 7), its earlier
@@ -310,6 +311,7 @@ def _number(exp: Path, ray_trial_id: str) -> int:
                 if t.user_attrs.get("ray_trial_id") == ray_trial_id)
 
 
+@pytest.mark.extended
 def test_truncated_snapshot_then_resume(bundle, tmp_path):
     exp, _ = _run_fault(bundle, tmp_path, "after_trial_result:6", "truncated")
     states = sorted(exp.glob("experiment_state-*.json"))
@@ -410,13 +412,12 @@ def test_planted_pickles_are_never_unpickled(bundle, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("point", ["after_tuner_pkl", "before_first_snapshot",
                                    "after_trial_result"])
 @pytest.mark.parametrize("sig", ["KILL", "INT"])
 @pytest.mark.parametrize("count", [1, 3, 9])
-def test_fault_matrix(bundle, tmp_path, point, sig, count, request):
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("the long fault matrix runs with -m slow")
+def test_fault_matrix(bundle, tmp_path, point, sig, count):
     if point != "after_trial_result" and count > 1:
         pytest.skip("reached once per driver")
     exp, p = _run_fault(bundle, tmp_path, f"{point}:{count}:{sig}", "m", n=6)

@@ -166,15 +166,12 @@ def _can_mount_tmpfs() -> bool:
 @pytest.mark.skipif(not _can_mount_tmpfs(),
                     reason="needs unshare -Urm (user namespaces) to mount a small tmpfs")
 @pytest.mark.parametrize("command", [
-    pytest.param("synth", marks=pytest.mark.slow), pytest.param("train", marks=pytest.mark.slow),
-    "sweep", "export"])
-def test_disk_full_is_one_line_and_leaves_nothing(env, data, finished, tmp_path, command,
-                                                  request):
+    pytest.param("synth", marks=pytest.mark.extended),
+    pytest.param("train", marks=pytest.mark.extended), "sweep", "export"])
+def test_disk_full_is_one_line_and_leaves_nothing(env, data, finished, tmp_path, command):
     """A real full file system: a 1 MiB tmpfs, filled, in a private mount namespace.
     CI runs the sweep and export cases; data synth and train (the same handler, checked
-    in-process by the unit suite) run with ``-m slow``."""
-    if command in ("synth", "train") and "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("the other disk-full commands run with -m slow")
+    in-process by the unit suite) are in the extended tier."""
     out = "/mnt/full/out"
     argv = {
         "synth": ["data", "synth", "--out", out, "--classes", 10],

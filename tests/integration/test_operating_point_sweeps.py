@@ -117,20 +117,30 @@ def test_stage1_sweep_reports_at_its_operating_point_beside_its_baselines(env, b
     p = seltune(env, "sweep", "--trainable", "stage1", "--data", bundles / "stage1",
                 "--metric", "augrc", "--num-samples", 3, "--num-cpus", 2, "--storage",
                 storage, "--name", "s1", "--set", "epochs=3", "--set", "hidden_dim=32",
-                "--json")
+                "--tensorboard", "--json")
     status = json.loads(p.stdout)
+    assert sum(status["counts"].values()) == 3 and status["metric"] == "augrc"
     assert status["coverage"] == 0.8
     assert every_report_at(storage / "s1", 0.8) >= 3
     for entry in ledger(storage / "s1").values():
         for m in entry["history"].values():  # each report against its own baselines
             own = min(m[f"{b}_augrc"] for b in ("msp", "doctor", "maxlogit"))
             assert m["gap_to_best_baseline"] == pytest.approx(m["augrc"] - own)
+    # Tune's JSON/CSV results always, TensorBoard events because they were asked for
+    for t in (storage / "s1").glob("trial_*"):
+        assert (t / "result.json").is_file() and (t / "progress.csv").is_file()
+        assert list(t.glob("events.out.tfevents.*"))
     out = tmp_path / "export"
     seltune(env, "export", storage / "s1", "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"msp", "doctor", "maxlogit"} <= set(metrics["baselines"]["test"])
+    assert {"msp", "doctor", "maxlogit", "softmax_confidence"} <= set(
+        metrics["baselines"]["test"])
     assert metrics["test"]["coverage"] == pytest.approx(0.8, abs=0.01)
     assert metrics["verdict"] and (out / "predictor.pt").is_file()
+    assert (out / "checkpoint" / "stage1_head.pth").is_file()
+    ev = json.loads(seltune(env, "evaluate", out / "checkpoint", "--data", bundles / "stage1",
+                            "--split", "test", "--device", "cpu", "--json").stdout)
+    assert ev["metrics"] == metrics["test"]
 
 
 def test_compat_sweep_exports_what_the_argse_repository_decides(env, bundles, tmp_path):

@@ -1,5 +1,6 @@
 """End-to-end sweeps through the ``seltune`` CLI on a real local Ray (2 CPUs, loopback,
-private RAY_TMPDIR), one per trainable, then status, export and evaluate.
+private RAY_TMPDIR), one per trainable, then status, export and evaluate (the stage1
+sweep is in ``test_operating_point_sweeps.py``, judged at its operating point).
 
 Small on purpose: tiny synthetic bundles, schedules shrunk with ``--set``.
 """
@@ -90,28 +91,6 @@ def test_selective_sweep_status_export_evaluate(env, bundles, tmp_path):
     assert metrics["val"]["worst_group_error"] == pytest.approx(seen["worst_group_error"])
     # `seltune evaluate` on the exported checkpoint reproduces the test metrics exactly.
     ev = json.loads(seltune(env, "evaluate", out / "checkpoint", "--data", bundles / "argse",
-                            "--split", "test", "--device", "cpu", "--json").stdout)
-    assert ev["metrics"] == metrics["test"]
-
-
-def test_stage1_sweep_and_export(env, bundles, tmp_path):
-    storage = tmp_path / "runs"
-    p = seltune(env, "sweep", "--trainable", "stage1", "--data", bundles / "stage1",
-                "--num-samples", 3, "--num-cpus", 2, "--storage", storage, "--name", "s1",
-                "--metric", "augrc", "--set", "epochs=3", "--set", "hidden_dim=32",
-                "--tensorboard", "--json")
-    status = json.loads(p.stdout)
-    assert sum(status["counts"].values()) == 3 and status["metric"] == "augrc"
-    # Tune's JSON/CSV results always, TensorBoard events because it was asked for.
-    for t in (storage / "s1").glob("trial_*"):
-        assert (t / "result.json").is_file() and (t / "progress.csv").is_file()
-        assert list(t.glob("events.out.tfevents.*"))
-    out = tmp_path / "export"
-    seltune(env, "export", storage / "s1", "--out", out)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert (out / "checkpoint" / "stage1_head.pth").is_file()
-    assert "softmax_confidence" in metrics["baselines"]["test"]
-    ev = json.loads(seltune(env, "evaluate", out / "checkpoint", "--data", bundles / "stage1",
                             "--split", "test", "--device", "cpu", "--json").stdout)
     assert ev["metrics"] == metrics["test"]
 

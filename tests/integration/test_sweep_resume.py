@@ -4,6 +4,9 @@ Checks: exactly ``num_samples`` trials in the end, no duplicates, every trial fi
 the Optuna history kept (trials told before the kill are still there, trials asked
 after the last snapshot are FAIL, not counted); a trial ASHA stopped before the kill
 has no iteration beyond its stop (rung decisions kept across the restart).
+
+In the extended tier: CI resumes a SIGKILLed driver in ``test_faults.py``
+(kill_after_result), whose invariants include these.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import optuna
 import pytest
 from cluster_fixtures import group_pids
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.extended]
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 10

@@ -165,13 +165,20 @@ def test_a_tell_that_fails_reaches_the_driver_and_is_tried_again(monkeypatch, ur
     assert optuna.load_study(study_name="s", storage=url).trials[0].value == pytest.approx(0.4)
 
 
-def test_a_retry_that_cannot_be_added_reaches_the_driver(monkeypatch, url, tmp_path, sleeps):
+def _restored_after_a_failed_trial(url, tmp_path):
+    """A searcher restored from the snapshot of one whose trial ``a`` failed (Tune will
+    retry ``a``)."""
     first = build_searcher(SPACE, [METRIC], ["min"], 0, url, "s")
     first.suggest("a")
     first.on_trial_complete("a", None, error=True)
     first.save(str(tmp_path / "snap.pkl"))
     restored = build_searcher(SPACE, [METRIC], ["min"], 0, url, "s")
     restored.restore(str(tmp_path / "snap.pkl"))
+    return restored
+
+
+def test_a_retry_that_cannot_be_added_reaches_the_driver(monkeypatch, url, tmp_path, sleeps):
+    restored = _restored_after_a_failed_trial(url, tmp_path)
     break_storage(monkeypatch, restored, "create_new_trial", failures=99)
     with pytest.raises(StudyWriteError, match=r"the retry of trial a \(COMPLETE\)"):
         restored.on_trial_complete("a", res(3, 0.25))
@@ -179,12 +186,7 @@ def test_a_retry_that_cannot_be_added_reaches_the_driver(monkeypatch, url, tmp_p
 
 def test_a_retried_trial_is_not_reported_to_its_failed_study_trial(url, tmp_path):
     """The one expected refusal of the study (a FAIL is final) is not tried at all."""
-    first = build_searcher(SPACE, [METRIC], ["min"], 0, url, "s")
-    first.suggest("a")
-    first.on_trial_complete("a", None, error=True)
-    first.save(str(tmp_path / "snap.pkl"))
-    restored = build_searcher(SPACE, [METRIC], ["min"], 0, url, "s")
-    restored.restore(str(tmp_path / "snap.pkl"))
+    restored = _restored_after_a_failed_trial(url, tmp_path)
     restored.on_trial_result("a", res(1, 0.3))  # would raise UpdateFinishedTrialError
     assert "a" in restored._retrying
 
